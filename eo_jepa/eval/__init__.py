@@ -1,0 +1,1 @@
+"""Evaluation and visualisation: kNN/linear probes, embeddings export, PCA maps, change maps."""

@@ -1,0 +1,1 @@
+"""LeJEPA: the SIGReg statistic, the multi-view objective and the projector head."""

@@ -1,0 +1,1 @@
+"""LeJEPA pretraining: configs, data and views, the training loop, publishing."""
