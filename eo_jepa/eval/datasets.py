@@ -1,0 +1,316 @@
+"""Labelled data for probes: our chip stores and image-folder datasets, with deterministic splits.
+
+Two layouts are understood:
+
+- a chip store (``DIR/dataset.json``) whose index has a ``label`` column (read through
+  :class:`eo_jepa.chips.ChipDataset`);
+- an image folder: one sub-folder per class holding JPEG/PNG/GeoTIFF files, the layout of
+  AID, UC Merced, RSSCN7 and EuroSAT. JPEG/PNG are read as RGB; GeoTIFFs by band name when
+  their band descriptions carry canonical names, otherwise unnamed (the encoder's band order is
+  assumed and the count checked).
+
+Splits are a seeded stratified split (each class split in the same proportions, the same seed
+gives the same split on every machine), the chip store's own ``split`` column, or a split file
+(JSON ``{"train": [ids...], "test": [ids...]}``; ids are chip ids or paths relative to the folder).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eo_jepa.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+RGB_BANDS = ("red", "green", "blue")
+SPLITS = ("train", "val", "test")
+
+
+def _known_band_names() -> set[str]:
+    from eo_jepa.bands import SENSORS
+
+    return {b.name for s in SENSORS.values() for b in s.bands}
+
+
+def _canonical_band(description: str | None) -> str | None:
+    """A band description as a canonical band name ('red', 'B04' → 'red'), or None."""
+    if not description:
+        return None
+    from eo_jepa.bands import SENSORS
+
+    text = description.strip()
+    for sensor in SENSORS.values():
+        for band in sensor.bands:
+            if text.lower() == band.name or text.upper() == band.sensor_band.upper():
+                return band.name
+    return None
+
+
+def raster_band_names(descriptions: Sequence[str | None]) -> tuple[str, ...] | None:
+    """Canonical names of a raster's bands from its descriptions, or None unless all are named."""
+    names = [_canonical_band(d) for d in descriptions]
+    if not names or any(n is None for n in names):
+        return None
+    return tuple(n for n in names if n is not None)
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """Pixels (C, H, W) float32 in the file's units and the band names (None when unnamed)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import rasterio
+
+            with rasterio.open(path) as src:
+                return src.read().astype(np.float32), raster_band_names(src.descriptions)
+        from PIL import Image
+
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1)), RGB_BANDS
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"Cannot read image {str(path)!r} ({exc}); remove or replace the file.") from exc
+
+
+class ImageFolderDataset:
+    """Class sub-folders of images (AID / UC Merced / RSSCN7 / EuroSAT layout).
+
+    ``__getitem__`` gives ``dict(pixels=(C,H,W) float32, label=str, chip_id=relative path)``.
+    ``bands`` are taken from the first file (RGB for JPEG/PNG, band descriptions for GeoTIFF) or
+    given explicitly; ``None`` means unnamed bands.
+    """
+
+    def __init__(self, root: str | Path, *, bands: Sequence[str] | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"Dataset folder {str(self.root)!r} does not exist; pass an existing folder.")
+        classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        paths: list[Path] = []
+        labels: list[str] = []
+        for cls in classes:
+            files = sorted(
+                f
+                for f in (self.root / cls).rglob("*")
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            paths += files
+            labels += [cls] * len(files)
+        if not paths:
+            raise DataError(
+                f"No images found in class sub-folders of {str(self.root)!r}; expected ROOT/<class>/<image> "
+                f"with extensions {', '.join(IMAGE_EXTENSIONS)}."
+            )
+        self.paths = paths
+        self.labels: list[str | None] = list(labels)
+        self.classes = sorted(set(labels))
+        self.ids = [p.relative_to(self.root).as_posix() for p in paths]
+        if bands is not None:
+            unknown = [b for b in bands if b not in _known_band_names()]
+            if unknown:
+                from eo_jepa.errors import BandMismatchError
+
+                raise BandMismatchError(
+                    f"Unknown band names {unknown}; use canonical names such as 'red', 'nir'."
+                )
+            self.bands: tuple[str, ...] | None = tuple(bands)
+        else:
+            self.bands = read_image(paths[0])[1]
+        self.sensor = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        pixels, names = read_image(self.paths[i])
+        expected = len(self.bands) if self.bands is not None else None
+        if expected is not None and pixels.shape[0] != expected:
+            raise DataError(
+                f"Image {self.ids[i]!r} has {pixels.shape[0]} bands but the dataset has {expected} "
+                f"{list(self.bands or [])}; keep one band layout per dataset."
+            )
+        if self.bands is not None and names is not None and names != self.bands and len(names) == expected:
+            pixels = pixels[[names.index(b) for b in self.bands]] if set(names) == set(self.bands) else pixels
+        return {"pixels": pixels, "label": self.labels[i], "chip_id": self.ids[i], "row": i}
+
+
+def stratified_split(
+    labels: Sequence[str], *, test_fraction: float = 0.2, val_fraction: float = 0.0, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Seeded stratified split of positions ``0..N-1``: each class split in the same proportions.
+
+    Classes are visited in sorted order and each gets its own permutation from one
+    ``numpy.random.default_rng(seed)``, so the split depends only on labels and seed. A class with
+    at least 2 items keeps at least one in train and one in test.
+    """
+    if not 0 < test_fraction < 1 or not 0 <= val_fraction < 1 or test_fraction + val_fraction >= 1:
+        raise DataError(
+            f"Split fractions test={test_fraction}, val={val_fraction} are invalid; use 0 < test, 0 <= val, "
+            "test + val < 1."
+        )
+    labels_arr = np.asarray(labels, dtype=object)
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for cls in sorted(set(labels_arr.tolist())):
+        idx = np.flatnonzero(labels_arr == cls)
+        idx = idx[rng.permutation(len(idx))]
+        n = len(idx)
+        n_test = min(max(round(test_fraction * n), 1 if n >= 2 else 0), n - 1) if n >= 2 else 0
+        n_val = min(round(val_fraction * n), max(n - n_test - 1, 0))
+        out["test"] += idx[:n_test].tolist()
+        out["val"] += idx[n_test : n_test + n_val].tolist()
+        out["train"] += idx[n_test + n_val :].tolist()
+    return {s: np.sort(np.asarray(v, dtype=np.int64)) for s, v in out.items()}
+
+
+def fewshot_indices(labels: Sequence[str], shots: int, seed: int) -> np.ndarray:
+    """``shots`` positions per class (all of a class when it has fewer), drawn with ``seed``."""
+    labels_arr = np.asarray(labels, dtype=object)
+    rng = np.random.default_rng(seed)
+    picked: list[int] = []
+    for cls in sorted(set(labels_arr.tolist())):
+        idx = np.flatnonzero(labels_arr == cls)
+        picked += rng.choice(idx, size=min(shots, len(idx)), replace=False).tolist()
+    return np.sort(np.asarray(picked, dtype=np.int64))
+
+
+def read_split_file(path: str | Path, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """Positions of each split from a JSON split file ``{"train": [ids], "test": [ids], "val": [...]}``."""
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"Cannot read split file {str(path)!r} ({exc}); pass a JSON file.") from exc
+    if not isinstance(spec, dict) or "train" not in spec or not set(spec) <= set(SPLITS):
+        raise DataError(
+            f"Split file {str(path)!r} must be a JSON object with a 'train' list and 'test'/'val' lists of ids."
+        )
+    position = {i: k for k, i in enumerate(ids)}
+    out: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        wanted = spec.get(split, [])
+        unknown = [i for i in wanted if i not in position]
+        if unknown:
+            raise DataError(
+                f"Split file {str(path)!r} lists {len(unknown)} unknown ids (first: {unknown[0]!r}); "
+                "use chip ids or paths relative to the dataset folder."
+            )
+        out[split] = np.sort(np.asarray([position[i] for i in wanted], dtype=np.int64))
+    return out
+
+
+class _Subset:
+    """A view of ``dataset`` at ``positions`` that keeps its attributes (bands, ...)."""
+
+    def __init__(self, dataset: Any, positions: np.ndarray) -> None:
+        self.dataset = dataset
+        self.positions = positions
+        self.bands = getattr(dataset, "bands", None)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.dataset[int(self.positions[i])]
+
+
+@dataclass
+class LabelledData:
+    """A labelled dataset with its splits (positions into ``dataset``)."""
+
+    dataset: Any  # items: dict(pixels=(C,H,W) raw units, label, chip_id)
+    labels: list[str]
+    ids: list[str]
+    bands: tuple[str, ...] | None
+    splits: dict[str, np.ndarray]
+    source: str  # "chip-store" or "image-folder"
+    split_source: str  # "store", "file" or "seeded"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels))
+
+    @property
+    def eval_split(self) -> str:
+        """'test' when it has items, else 'val'."""
+        return "test" if len(self.splits.get("test", ())) else "val"
+
+
+def open_labelled(
+    path: str | Path,
+    *,
+    bands: Sequence[str] | None = None,
+    split_file: str | Path | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    use_store_splits: bool = True,
+) -> LabelledData:
+    """Open a chip store with labels or an image folder, and resolve its train/test split.
+
+    Chip stores use their own ``split`` column when it has labelled train and test/val rows
+    (unless ``use_store_splits`` is False); otherwise, and for image folders, a seeded stratified
+    split; a ``split_file`` overrides both.
+    """
+    path = Path(path)
+    if (path / "dataset.json").is_file():
+        from eo_jepa.chips import ChipDataset
+
+        store = ChipDataset(path)
+        keep = np.asarray([k for k, lab in enumerate(store.labels) if lab is not None], dtype=np.int64)
+        if len(keep) == 0:
+            raise DataError(
+                f"Chip store {str(path)!r} has no labelled chips; give the AOIs a 'label' property and rebuild."
+            )
+        dataset: Any = _Subset(store, keep)
+        labels = [str(store.labels[k]) for k in keep]
+        index = store.index
+        ok = index[index["status"] == "ok"] if "status" in index.columns else index
+        ok = ok.sort_values("row") if "row" in ok.columns else ok
+        chip_ids = [str(store[int(k)]["chip_id"]) for k in keep] if "chip_id" not in ok.columns else None
+        if chip_ids is None:
+            all_ids = ok["chip_id"].astype(str).tolist()
+            chip_ids = (
+                [all_ids[k] for k in keep]
+                if len(all_ids) == len(store)
+                else [str(store[int(k)]["chip_id"]) for k in keep]
+            )
+        store_splits = ok["split"].astype(str).tolist() if "split" in ok.columns else []
+        splits: dict[str, np.ndarray] | None = None
+        split_source = "seeded"
+        if split_file is not None:
+            splits, split_source = read_split_file(split_file, chip_ids), "file"
+        elif use_store_splits and len(store_splits) == len(store):
+            per = np.asarray([store_splits[k] for k in keep])
+            candidate = {s: np.flatnonzero(per == s) for s in SPLITS}
+            if len(candidate["train"]) and (len(candidate["test"]) or len(candidate["val"])):
+                splits, split_source = candidate, "store"
+        if splits is None:
+            splits = stratified_split(labels, test_fraction=test_fraction, seed=seed)
+        return LabelledData(
+            dataset,
+            labels,
+            chip_ids,
+            tuple(store.bands),
+            splits,
+            "chip-store",
+            split_source,
+            {"sensor": getattr(store, "sensor", None)},
+        )
+    folder = ImageFolderDataset(path, bands=bands)
+    labels = [str(lab) for lab in folder.labels]
+    if split_file is not None:
+        splits, split_source = read_split_file(split_file, folder.ids), "file"
+    else:
+        splits, split_source = stratified_split(labels, test_fraction=test_fraction, seed=seed), "seeded"
+    return LabelledData(folder, labels, folder.ids, folder.bands, splits, "image-folder", split_source)

@@ -1,0 +1,231 @@
+"""Batched inference with a frozen encoder: probe features, global embeddings, dense feature maps.
+
+Everything here runs under :func:`torch.inference_mode`, in batches, optionally in bfloat16
+autocast, with a tqdm progress bar. Inputs are raw sensor units; the encoder's own
+``normalize`` turns them into model inputs, so the band order and statistics that travel
+with a checkpoint are the only ones ever used.
+
+Probe features follow the LeJEPA linear-probe protocol (Balestriero & LeCun, 2025): the
+concatenated CLS tokens of the last two blocks, or the mean of the patch tokens for models
+without a CLS token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from eo_jepa.errors import BandMismatchError
+from eo_jepa.utils.logging import progress_disabled
+
+log = logging.getLogger(__name__)
+
+FeatureKind = Literal["probe", "global", "mean_patch"]
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` means CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    """bfloat16 autocast on ``device`` when ``bf16``; a no-op otherwise."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def band_selection(
+    model_bands: Sequence[str], data_bands: Sequence[str] | None, what: str = "the data"
+) -> list[int] | None:
+    """Indices of the model's bands inside ``data_bands`` (selected by name).
+
+    ``None`` when ``data_bands`` is unknown (then the channel count is checked at read time)
+    or already identical. A band the model needs but the data lacks is a
+    :class:`BandMismatchError` naming both lists.
+    """
+    if data_bands is None or tuple(data_bands) == tuple(model_bands):
+        return None
+    missing = [b for b in model_bands if b not in data_bands]
+    if missing:
+        raise BandMismatchError(
+            f"The model expects bands {list(model_bands)} but {what} has {list(data_bands)} "
+            f"(missing {missing}); evaluate RGB models on RGB data and multispectral models on data "
+            "that carries their bands."
+        )
+    return [list(data_bands).index(b) for b in model_bands]
+
+
+def check_channels(model_bands: Sequence[str], channels: int, what: str = "the input") -> None:
+    """Unnamed input: its channel count must equal the model's band count."""
+    if channels != len(model_bands):
+        raise BandMismatchError(
+            f"The model expects {len(model_bands)} bands {list(model_bands)} but {what} has {channels} "
+            "unnamed bands; pass data with those bands in that order (or name them in the band descriptions)."
+        )
+
+
+def prepare(
+    encoder: Any,
+    raw: torch.Tensor,
+    *,
+    band_index: Sequence[int] | None = None,
+    size: int | None = None,
+) -> torch.Tensor:
+    """Raw sensor units (B,C,H,W) → normalised model input: band selection, resize, ``normalize``."""
+    if band_index is not None:
+        raw = raw[:, list(band_index)]
+    if size is not None and tuple(raw.shape[-2:]) != (size, size):
+        raw = F.interpolate(raw, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return encoder.normalize(raw)
+
+
+def probe_features(encoder: Any, x: torch.Tensor) -> torch.Tensor:
+    """LeJEPA probe features of normalised input ``x``: (B, F).
+
+    Concatenated CLS of the last two blocks via ``encoder.forward_intermediate_cls(x, n=2)`` when
+    the encoder has a CLS token; the mean patch token of ``forward_features`` otherwise.
+    """
+    intermediate = getattr(encoder, "forward_intermediate_cls", None)
+    if intermediate is not None and getattr(encoder, "has_cls_token", True):
+        out = intermediate(x, n=2)
+        if out is not None:
+            if isinstance(out, (list, tuple)):
+                out = torch.cat([o.flatten(1) for o in out], dim=1)
+            elif out.ndim == 3:  # (n, B, D)
+                out = torch.cat(list(out), dim=1)
+            return out
+    return encoder.forward_features(x).mean(dim=(2, 3))
+
+
+def _features(encoder: Any, x: torch.Tensor, kind: FeatureKind) -> torch.Tensor:
+    if kind == "probe":
+        return probe_features(encoder, x)
+    if kind == "global":
+        return encoder(x)
+    return encoder.forward_features(x).mean(dim=(2, 3))
+
+
+def _batches(dataset: Any, indices: Sequence[int], batch_size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[int(i)] for i in indices[start : start + batch_size]]
+        pixels = [np.asarray(item["pixels"], dtype=np.float32) for item in items]
+        shapes = {p.shape for p in pixels}
+        if len(shapes) > 1:  # mixed image sizes (image folders): yield one by one
+            for p in pixels:
+                yield torch.from_numpy(p)[None]
+        else:
+            yield torch.from_numpy(np.stack(pixels))
+
+
+@torch.inference_mode()
+def extract_features(
+    encoder: Any,
+    dataset: Any,
+    *,
+    indices: Sequence[int] | None = None,
+    kind: FeatureKind = "probe",
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    bf16: bool = False,
+    data_bands: Sequence[str] | None = None,
+    resize: bool = True,
+    desc: str = "features",
+) -> np.ndarray:
+    """Features of every item (``dataset[i]["pixels"]``, raw units (C,H,W)) as float32 (N, F).
+
+    ``data_bands``: the dataset's band names (default ``dataset.bands``); the encoder's bands are
+    picked from them by name. Items whose size differs from ``encoder.img_size`` are resized
+    (bilinear, antialiased) when ``resize``.
+    """
+    dev = resolve_device(device)
+    encoder = encoder.eval().to(dev)
+    if data_bands is None:
+        data_bands = getattr(dataset, "bands", None)
+    band_index = band_selection(encoder.bands, data_bands)
+    size = int(encoder.img_size) if resize and getattr(encoder, "img_size", None) else None
+    order = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+    out: list[np.ndarray] = []
+    checked = data_bands is not None
+    with tqdm(total=len(order), desc=desc, unit="img", disable=progress_disabled()) as bar:
+        for raw in _batches(dataset, order, batch_size):
+            if not checked:
+                check_channels(encoder.bands, raw.shape[1])
+                checked = True
+            x = prepare(encoder, raw.to(dev), band_index=band_index, size=size)
+            with autocast(dev, bf16):
+                feats = _features(encoder, x, kind)
+            out.append(feats.float().cpu().numpy())
+            bar.update(raw.shape[0])
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+@torch.inference_mode()
+def dense_features(
+    encoder: Any,
+    raw: np.ndarray | torch.Tensor,
+    *,
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    bf16: bool = False,
+) -> np.ndarray:
+    """Dense feature map (D, ceil(H/p), ceil(W/p)) of one raster in raw units (C, H, W).
+
+    The raster is cut into ``window``-sized tiles (default ``encoder.img_size``) every ``stride``
+    pixels (default: ``window``, i.e. no overlap); overlapping patch features are averaged. The
+    edges are padded by reflection up to whole windows and the result cropped, so feature pixel
+    (i, j) covers input pixels [i·p, (i+1)·p) × [j·p, (j+1)·p).
+    """
+    dev = resolve_device(device)
+    encoder = encoder.eval().to(dev)
+    p = int(encoder.patch_size)
+    window = int(window or encoder.img_size)
+    stride = int(stride or window)
+    if window % p or stride % p:
+        raise ValueError(f"window ({window}) and stride ({stride}) must be multiples of the patch size {p}")
+    x = torch.as_tensor(np.asarray(raw, dtype=np.float32))
+    h, w = x.shape[-2:]
+    gh, gw = -(-h // p), -(-w // p)
+
+    def starts(n: int) -> list[int]:
+        last = max(n - window, 0)
+        s = list(range(0, last + 1, stride))
+        if s[-1] != last:
+            s.append(last)
+        return s
+
+    pad_h = max(window, gh * p) - h
+    pad_w = max(window, gw * p) - w
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+        x = F.pad(x[None], (0, pad_w, 0, pad_h), mode=mode)[0]
+    H, W = x.shape[-2:]
+    tiles = [(r, q) for r in starts(H) for q in starts(W)]
+    acc: torch.Tensor | None = None
+    count = torch.zeros(H // p, W // p)
+    for k in tqdm(range(0, len(tiles), batch_size), desc="windows", disable=progress_disabled()):
+        chunk = tiles[k : k + batch_size]
+        batch = torch.stack([x[:, r : r + window, q : q + window] for r, q in chunk]).to(dev)
+        with autocast(dev, bf16):
+            feats = encoder.forward_features(encoder.normalize(batch)).float().cpu()
+        if acc is None:
+            acc = torch.zeros(feats.shape[1], H // p, W // p)
+        n = window // p
+        for f, (r, q) in zip(feats, chunk, strict=True):
+            acc[:, r // p : r // p + n, q // p : q // p + n] += f
+            count[r // p : r // p + n, q // p : q // p + n] += 1
+    assert acc is not None
+    return (acc / count.clamp(min=1))[:, :gh, :gw].numpy()
