@@ -1,0 +1,37 @@
+"""Encoders (timm ViT / DINOv3), our checkpoint format, foreign converters and the registry.
+
+Heavy imports (torch, timm) happen on first use of an attribute, so ``import eo_jepa.models`` and
+the CLI's ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Encoder": "eo_jepa.models.encoder",
+    "build_encoder": "eo_jepa.models.encoder",
+    "canonical_bands": "eo_jepa.models.encoder",
+    "save_encoder": "eo_jepa.models.checkpoint",
+    "load_encoder": "eo_jepa.models.checkpoint",
+    "save_legacy_pt": "eo_jepa.models.convert",
+    "read_state_file": "eo_jepa.models.convert",
+    "ARCHS": "eo_jepa.models.vit",
+    "ArchSpec": "eo_jepa.models.vit",
+    "create_backbone": "eo_jepa.models.vit",
+    "ModelSpec": "eo_jepa.models.registry",
+    "register_model": "eo_jepa.models.registry",
+    "list_models": "eo_jepa.models.registry",
+    "load": "eo_jepa.models.registry",
+    "markdown_table": "eo_jepa.models.registry",
+    "NORMALISATIONS": "eo_jepa.models.registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'eo_jepa.models' has no attribute {name!r}")

@@ -1,0 +1,416 @@
+"""The model registry behind :func:`eo_jepa.load`: one table of named encoders.
+
+Each :class:`ModelSpec` records where the weights live (a Hugging Face repo + file + revision, or
+a local path), which converter reads them, which bands and normalisation they expect, and the
+licence. Downloads go through :func:`huggingface_hub.hf_hub_download`, so the standard cache,
+``HF_HUB_OFFLINE``, ``HF_TOKEN`` and ``cache_dir`` all apply; a cached file is used without any
+network call when offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eo_jepa.errors import CheckpointError, ConfigError, ModelNotFoundError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+RGB8_SCALE = 1 / 255
+
+# Named normalisations: statistics are in the units after ``scale`` (RGB in [0, 1]).
+NORMALISATIONS: dict[str, dict[str, Any]] = {
+    # DINOv3 SAT-493M (Maxar satellite) weights, from Meta's DINOv3 release.
+    "sat493m": {"mean": (0.430, 0.411, 0.296), "std": (0.213, 0.156, 0.143), "scale": RGB8_SCALE},
+    # DINOv3 LVD-1689M (web images): the ImageNet statistics.
+    "imagenet": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "scale": RGB8_SCALE},
+    # Statistics stored in the checkpoint itself (eo-jepa folders, sentinel-change-explorer .pt).
+    "checkpoint": {},
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered encoder."""
+
+    name: str
+    description: str
+    arch: str | None  # None: taken from the checkpoint
+    bands: tuple[str, ...]
+    converter: str  # see eo_jepa.models.convert.CONVERTERS
+    norm: str | Mapping[str, Mapping[str, float]] = (
+        "checkpoint"  # a NORMALISATIONS key or {band: {mean, std}}
+    )
+    input_scale: float | None = None  # None: the named normalisation's scale (or 1)
+    sensor: str | None = None
+    license: str = "unknown"
+    repo_id: str | None = None
+    repo_type: str = "model"
+    filename: str | None = None
+    revision: str | None = None
+    path: str | None = None  # a local file or folder instead of a Hub repo
+    img_size: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        if self.path:
+            return self.path
+        kind = "" if self.repo_type == "model" else f"{self.repo_type}s/"
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"hf://{kind}{self.repo_id}{rev}" + (f" ({self.filename})" if self.filename else "")
+
+    def norm_stats(self) -> dict[str, dict[str, float]] | None:
+        """Statistics by band, or None when they come from the checkpoint."""
+        if isinstance(self.norm, Mapping):
+            return {b: dict(v) for b, v in self.norm.items()}
+        named = NORMALISATIONS[self.norm]
+        if not named:
+            return None
+        return {
+            b: {"mean": m, "std": s} for b, m, s in zip(self.bands, named["mean"], named["std"], strict=True)
+        }
+
+    def scale(self) -> float | None:
+        if self.input_scale is not None:
+            return self.input_scale
+        if isinstance(self.norm, str) and self.norm != "checkpoint":
+            return float(NORMALISATIONS[self.norm]["scale"])
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "arch": self.arch or "(from checkpoint)",
+            "bands": list(self.bands),
+            "normalisation": self.norm if isinstance(self.norm, str) else "custom",
+            "source": self.source,
+            "converter": self.converter,
+            "license": self.license,
+        }
+
+
+_S2_5BAND = ("red", "green", "blue", "nir", "swir16")
+_RGB = ("red", "green", "blue")
+
+BUILTIN: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        name="core-jepa-l",
+        description="Core-JEPA: DINOv3 ViT-L/16 (SAT-493M) continued with LeJEPA on Core-Five high-res RGB.",
+        arch="dinov3_vitl16_qkvb",
+        bands=_RGB,
+        converter="core-jepa",
+        norm="sat493m",
+        sensor="rgb",
+        license="CC BY-NC 3.0",
+        repo_id="gajeshladharai/artifacts",
+        repo_type="dataset",
+        filename="core-jepa/lejepa-l.pt",
+        img_size=224,
+    ),
+    ModelSpec(
+        name="dinov3-vitl16-sat493m",
+        description="Meta DINOv3 ViT-L/16 distilled, pretrained on SAT-493M satellite imagery (timm weights).",
+        arch="dinov3_vitl16",
+        bands=_RGB,
+        converter="timm",
+        norm="sat493m",
+        sensor="rgb",
+        license="DINOv3 License",
+        repo_id="timm/vit_large_patch16_dinov3.sat493m",
+        filename="model.safetensors",
+        img_size=224,
+    ),
+    ModelSpec(
+        name="dinov3-vitl16-lvd1689m",
+        description="Meta DINOv3 ViT-L/16 distilled, pretrained on LVD-1689M web images (timm weights).",
+        arch="dinov3_vitl16",
+        bands=_RGB,
+        converter="timm",
+        norm="imagenet",
+        sensor="rgb",
+        license="DINOv3 License",
+        repo_id="timm/vit_large_patch16_dinov3.lvd1689m",
+        filename="model.safetensors",
+        img_size=224,
+    ),
+    ModelSpec(
+        name="lejepa-vits8-s2-5band",
+        description="sentinel-change-explorer PoC: 5-band Sentinel-2 L2A ViT-S/8 (4 registers), 256 px.",
+        arch="vit_small_patch8",
+        bands=_S2_5BAND,
+        converter="legacy",
+        norm="checkpoint",
+        sensor="sentinel-2-l2a",
+        license="see the Hub model card",
+        repo_id="falafel-hockey/lejepa-vit-small-patch8-256-sentinel2-5band",
+        filename="lejepa_vit_small_patch8_256_5band.pt",
+    ),
+)
+
+_REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in BUILTIN}
+
+
+def register_model(spec: ModelSpec | None = None, *, overwrite: bool = False, **kwargs: Any) -> ModelSpec:
+    """Add a named model: ``register_model(ModelSpec(...))`` or ``register_model(name=..., repo_id=..., ...)``."""
+    from eo_jepa.models.convert import CONVERTERS
+    from eo_jepa.models.vit import get_arch
+
+    if spec is None:
+        kwargs["bands"] = tuple(kwargs.get("bands") or ())
+        spec = ModelSpec(**kwargs)
+    if spec.name in _REGISTRY and not overwrite:
+        raise ConfigError(
+            f"A model named {spec.name!r} is already registered; pass overwrite=True to replace it."
+        )
+    if spec.converter not in CONVERTERS:
+        raise ConfigError(f"Unknown converter {spec.converter!r}; choose from {', '.join(CONVERTERS)}.")
+    if isinstance(spec.norm, str) and spec.norm not in NORMALISATIONS:
+        raise ConfigError(
+            f"Unknown normalisation {spec.norm!r}; choose from {', '.join(NORMALISATIONS)} or a dict."
+        )
+    if spec.arch is not None:
+        get_arch(spec.arch)
+    if not spec.path and not spec.repo_id:
+        raise ConfigError(f"Model {spec.name!r} needs a repo_id (Hugging Face) or a local path.")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_model(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelNotFoundError(
+            f"Unknown model {name!r}; known models are: {', '.join(_REGISTRY)}.{did_you_mean(name, _REGISTRY)}"
+        ) from None
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Registered models with description, bands, architecture, source and licence."""
+    return [spec.summary() for spec in _REGISTRY.values()]
+
+
+def markdown_table(names: Sequence[str] | None = None) -> str:
+    """The model-zoo table for the README (built-in models by default)."""
+    specs = [_REGISTRY[n] for n in names] if names else list(BUILTIN)
+    lines = [
+        "| name | architecture | bands | normalisation | source | licence | description |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in specs:
+        row = s.summary()
+        lines.append(
+            f"| `{s.name}` | {row['arch']} | {', '.join(s.bands)} | {row['normalisation']} "
+            f"| `{s.source}` | {s.license} | {s.description} |"
+        )
+    return "\n".join(lines)
+
+
+# -- downloading -------------------------------------------------------------------------------
+def hf_download(
+    repo_id: str,
+    filename: str,
+    *,
+    repo_type: str = "model",
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    what: str = "",
+) -> Path:
+    """``hf_hub_download`` with our errors; the token comes from the environment (HF_TOKEN)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{repo_type} repo {repo_id!r}, file {filename!r}" + (
+        f" at revision {revision!r}" if revision else ""
+    )
+    label = f"{what} ({where})" if what else where
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id, filename, repo_type=repo_type, revision=revision, cache_dir=cache_dir, token=None
+            )
+        )
+    except GatedRepoError:
+        raise ModelNotFoundError(
+            f"{label} is gated; accept its terms on huggingface.co and set HF_TOKEN in the environment."
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(
+            f"{label}: the repository does not exist or is private (set HF_TOKEN for private repos)."
+        ) from None
+    except RevisionNotFoundError:
+        raise ModelNotFoundError(
+            f"{label}: that revision does not exist; pass a valid branch, tag or commit."
+        ) from None
+    except EntryNotFoundError:
+        raise ModelNotFoundError(f"{label}: the repository has no such file.") from None
+    except LocalEntryNotFoundError:
+        raise ModelNotFoundError(
+            f"{label} is not in the Hugging Face cache and it cannot be downloaded (HF_HUB_OFFLINE=1 or no "
+            "network); go online once, or pass cache_dir= a cache that holds it."
+        ) from None
+    except HfHubHTTPError as exc:
+        raise ModelNotFoundError(f"Downloading {label} failed: {exc}.") from None
+
+
+def _fetch(spec: ModelSpec, revision: str | None, cache_dir: str | os.PathLike[str] | None) -> Path:
+    if spec.path:
+        return Path(spec.path).expanduser()
+    assert spec.repo_id is not None
+    rev = revision or spec.revision
+    if spec.converter == "eo-jepa":
+        return _fetch_ours(spec.repo_id, spec.repo_type, rev, cache_dir, what=f"model {spec.name!r}")
+    if not spec.filename:
+        raise ConfigError(
+            f"Model {spec.name!r} names no file in {spec.repo_id}; register it with filename=..."
+        )
+    return hf_download(
+        spec.repo_id, spec.filename, repo_type=spec.repo_type, revision=rev, cache_dir=cache_dir,
+        what=f"model {spec.name!r}",
+    )  # fmt: skip
+
+
+def _fetch_ours(
+    repo_id: str, repo_type: str, revision: str | None, cache_dir: str | os.PathLike[str] | None, what: str
+) -> Path:
+    """Download an eo-jepa checkpoint folder (config, weights, card) from the Hub; returns the snapshot folder."""
+    from eo_jepa.models.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+
+    config = hf_download(
+        repo_id, CONFIG_NAME, repo_type=repo_type, revision=revision, cache_dir=cache_dir, what=what
+    )
+    hf_download(repo_id, WEIGHTS_NAME, repo_type=repo_type, revision=revision, cache_dir=cache_dir, what=what)
+    try:
+        hf_download(
+            repo_id, CARD_NAME, repo_type=repo_type, revision=revision, cache_dir=cache_dir, what=what
+        )
+    except ModelNotFoundError:
+        log.debug("%s has no %s", repo_id, CARD_NAME)
+    return config.parent
+
+
+# -- loading -----------------------------------------------------------------------------------
+def load(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: Any = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Any:
+    """An :class:`~eo_jepa.models.encoder.Encoder` from a registry name, ``hf://org/repo[@rev]`` or a local path."""
+    from eo_jepa.models.checkpoint import load_encoder
+
+    key = os.fspath(name_or_path)
+    if key.startswith("hf://"):
+        repo, _, rev = key[len("hf://") :].partition("@")
+        repo_type = "model"
+        for kind in ("datasets", "spaces"):
+            if repo.startswith(kind + "/"):
+                repo_type, repo = kind[:-1], repo[len(kind) + 1 :]
+        if repo.count("/") != 1:
+            raise ModelNotFoundError(f"{key!r} is not of the form hf://org/repo[@revision].")
+        folder = _fetch_ours(repo, repo_type, revision or rev or None, cache_dir, what=key)
+        return load_encoder(folder, device=device)
+    if key in _REGISTRY:
+        spec = _REGISTRY[key]
+        return _load_spec(spec, _fetch(spec, revision, cache_dir), device)
+    path = Path(key).expanduser()
+    if path.exists():
+        return load_path(path, device=device)
+    raise ModelNotFoundError(
+        f"No registered model, hf:// id or file named {key!r}; known models are: {', '.join(_REGISTRY)}."
+        f"{did_you_mean(key, _REGISTRY)}"
+    )
+
+
+def _load_spec(spec: ModelSpec, path: Path, device: Any) -> Any:
+    from eo_jepa.models.checkpoint import CONFIG_NAME, load_encoder
+    from eo_jepa.models.convert import encoder_from_state, read_state_file
+
+    if spec.converter == "eo-jepa" or (path.is_dir() and (path / CONFIG_NAME).is_file()):
+        encoder = load_encoder(path, device=device)
+    else:
+        encoder = encoder_from_state(
+            read_state_file(path),
+            converter=spec.converter,
+            arch=spec.arch,
+            bands=spec.bands or None,
+            norm_stats=spec.norm_stats(),
+            input_scale=spec.scale(),
+            sensor=spec.sensor,
+            img_size=spec.img_size,
+            source=f"model {spec.name!r} ({path})",
+        )
+        encoder = encoder.to(device).eval() if device is not None else encoder.eval()
+    encoder.model_name = spec.name
+    return encoder
+
+
+def load_path(path: Path, *, device: Any = None) -> Any:
+    """A local eo-jepa folder, a timm/HF folder (config.json with ``architecture``) or a self-describing file."""
+    import json
+
+    from eo_jepa.models.checkpoint import CONFIG_NAME, FORMAT, load_encoder
+    from eo_jepa.models.convert import encoder_from_state, read_state_file
+
+    if path.is_dir():
+        cfg_path = path / CONFIG_NAME
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        if cfg.get("format") == FORMAT:
+            return load_encoder(path, device=device)
+        if "architecture" in cfg and (path / "model.safetensors").is_file():
+            return _load_timm_folder(path, cfg, device)
+        raise CheckpointError(f"{path} is neither an eo-jepa checkpoint folder nor a timm model folder.")
+    if path.name == CONFIG_NAME:
+        return load_encoder(path, device=device)
+    encoder = encoder_from_state(read_state_file(path), source=str(path))
+    return encoder.to(device).eval() if device is not None else encoder.eval()
+
+
+def _load_timm_folder(path: Path, cfg: dict[str, Any], device: Any) -> Any:
+    """A timm Hub folder: ``config.json`` (architecture, pretrained_cfg mean/std) + ``model.safetensors``."""
+    from eo_jepa.models.convert import encoder_from_state, read_state_file
+    from eo_jepa.models.vit import ARCHS
+
+    timm_name = str(cfg["architecture"])
+    arch = next((a for a, s in ARCHS.items() if s.timm_name == timm_name), None)
+    if arch is None:
+        raise CheckpointError(f"timm architecture {timm_name!r} in {path} is not one eo-jepa wraps.")
+    pre = cfg.get("pretrained_cfg") or {}
+    if "mean" not in pre or "std" not in pre:
+        raise CheckpointError(
+            f"{path / 'config.json'} has no pretrained_cfg mean/std; register the model with a norm."
+        )
+    stats = {b: {"mean": m, "std": s} for b, m, s in zip(_RGB, pre["mean"], pre["std"], strict=True)}
+    encoder = encoder_from_state(
+        read_state_file(path / "model.safetensors"), converter="timm", arch=arch, bands=_RGB,
+        norm_stats=stats, input_scale=RGB8_SCALE, sensor="rgb", source=str(path),
+    )  # fmt: skip
+    return encoder.to(device).eval() if device is not None else encoder.eval()
+
+
+def spec_dict(name: str) -> dict[str, Any]:
+    """Every field of a registered spec (for ``eo-jepa models info``)."""
+    spec = get_spec(name)
+    out = asdict(spec)
+    out["source"] = spec.source
+    out["norm_stats"] = spec.norm_stats()
+    out["input_scale"] = spec.scale()
+    return out
