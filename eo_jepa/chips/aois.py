@@ -1,0 +1,112 @@
+"""Areas of interest: GeoJSON/GeoPackage polygons, or points with a square buffer.
+
+Each feature may carry its own ``aoi_id``, ``label``, ``split`` and ``start``/``end`` date range
+(property names configurable in :class:`~eo_jepa.chips.config.AoiConfig`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eo_jepa.chips.config import AoiConfig
+from eo_jepa.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Aoi:
+    aoi_id: str
+    geometry: Any  # shapely geometry, EPSG:4326
+    start: str  # ISO date
+    end: str
+    split: str
+    label: str | None
+
+
+def _date(value: Any, where: str) -> str:
+    if hasattr(value, "isoformat"):
+        value = value.isoformat()
+    text = str(value).strip()
+    try:
+        dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise DataError(f"{where} date {text!r} is not an ISO date; write it like 2023-06-30.") from None
+    return text
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # NaN
+    except (TypeError, ValueError):
+        return False
+
+
+def load_aois(source: str | Path | Any, cfg: AoiConfig | None = None) -> list[Aoi]:
+    """AOIs from a vector file path or a GeoDataFrame (any CRS; points are buffered in UTM)."""
+    import geopandas as gpd
+
+    from eo_jepa.chips.grid import utm_epsg
+
+    cfg = cfg or AoiConfig()
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"AOI file {str(path)!r} does not exist; pass a GeoJSON or GeoPackage file.")
+        try:
+            gdf = gpd.read_file(path)
+        except Exception as exc:  # pyogrio raises its own DataSourceError types
+            raise DataError(f"AOI file {str(path)!r} could not be read as vector data ({exc}).") from None
+        name = str(path)
+    else:
+        gdf, name = source, "AOI table"
+    if len(gdf) == 0:
+        raise DataError(f"{name} holds no features; add at least one polygon or point.")
+    if gdf.crs is None:
+        gdf = gdf.set_crs(4326)
+    gdf = gdf.to_crs(4326)
+    out: list[Aoi] = []
+    seen: set[str] = set()
+    for i, row in enumerate(gdf.itertuples(index=False)):
+        props = row._asdict()
+        geom = props.pop("geometry")
+        aoi_id = props.get(cfg.id_property)
+        aoi_id = f"aoi-{i:04d}" if _is_missing(aoi_id) else str(aoi_id)
+        where = f"AOI {aoi_id!r} in {name}"
+        if geom is None or geom.is_empty:
+            raise DataError(f"{where} has an empty geometry; give it a polygon or a point.")
+        if aoi_id in seen:
+            raise DataError(f"{where}: {cfg.id_property} {aoi_id!r} is repeated; give each AOI a unique id.")
+        seen.add(aoi_id)
+        if geom.geom_type in ("Point", "MultiPoint"):
+            geom = _buffer_point(geom, cfg.point_buffer_m, utm_epsg(geom.centroid.x, geom.centroid.y))
+        elif geom.geom_type not in ("Polygon", "MultiPolygon"):
+            raise DataError(f"{where} is a {geom.geom_type}; AOIs must be polygons or points.")
+        split = props.get(cfg.split_property)
+        split = cfg.default_split if _is_missing(split) else str(split)
+        if split not in SPLITS:
+            raise DataError(f"{where} has split {split!r}; use one of {', '.join(SPLITS)}.")
+        label = props.get(cfg.label_property)
+        start = _date(cfg.start if _is_missing(props.get("start")) else props["start"], where + " start")
+        end = _date(cfg.end if _is_missing(props.get("end")) else props["end"], where + " end")
+        if end < start:
+            raise DataError(f"{where} ends ({end}) before it starts ({start}); swap the dates.")
+        out.append(Aoi(aoi_id, geom, start, end, split, None if _is_missing(label) else str(label)))
+    return out
+
+
+def _buffer_point(point: Any, half_width_m: float, epsg: int) -> Any:
+    from pyproj import Transformer
+    from shapely.geometry import box
+    from shapely.ops import transform
+
+    to_utm = Transformer.from_crs(4326, epsg, always_xy=True).transform
+    to_geo = Transformer.from_crs(epsg, 4326, always_xy=True).transform
+    x, y = to_utm(point.centroid.x, point.centroid.y)
+    square = box(x - half_width_m, y - half_width_m, x + half_width_m, y + half_width_m)
+    return transform(to_geo, square)

@@ -1,0 +1,528 @@
+"""``build_chips``: AOIs -> STAC search -> chip plan -> parallel read/mask/harmonise -> chip store.
+
+Work is planned once (``.build/plan.json``: config, AOIs, the items found, every location with its
+candidate scenes and pre-assigned Zarr rows), then split into tasks of ``task_size`` locations. A task
+writes only its own chunks, fsyncs them, then writes its partial histogram and, last, its journal
+entry ``.build/partials/task-NNNNNN.json`` (index rows, skipped items), each atomically. ``--resume``
+reloads the plan and runs the tasks without a journal entry; a task killed halfway simply rewrites
+its chunks. The index, stats, card and ``dataset.json`` are assembled from the partials in plan order
+and written atomically at the end, so an interrupted-and-resumed build equals an uninterrupted one.
+
+Tasks run inline (``workers=1``), in a local process or thread pool, or on a Dask distributed
+cluster (``scheduler="tcp://..."`` or a ``distributed.Client``); the same plan either way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from eo_jepa._version import __version__
+from eo_jepa.chips.aois import Aoi, load_aois
+from eo_jepa.chips.config import ChipConfig
+from eo_jepa.chips.grid import Location, plan_locations
+from eo_jepa.chips.read import ChipRead, ReadError, SourceCache, gdal_env, read_chip
+from eo_jepa.chips.stats import BandHistograms
+from eo_jepa.chips.store import (
+    BUILD_DIR,
+    CARD_NAME,
+    DATASET_NAME,
+    INDEX_NAME,
+    STATS_NAME,
+    ChipWriter,
+    create_arrays,
+)
+from eo_jepa.config import from_dict, load_config, to_dict
+from eo_jepa.errors import ConfigError, DataError, StacError
+from eo_jepa.stac import ItemInfo, is_api_url, open_client, search_items, sign_href
+from eo_jepa.utils.io import atomic_open, atomic_write_json, atomic_write_text
+from eo_jepa.utils.logging import progress_disabled
+
+log = logging.getLogger(__name__)
+
+PLAN_NAME = "plan.json"
+PARTIALS = "partials"
+
+
+@dataclass
+class BuildReport:
+    out_dir: Path
+    planned: int
+    ok: int
+    rejected: int
+    tasks: int
+    tasks_run: int
+    tasks_resumed: int
+    seconds: float
+    skipped_items: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def chips_per_s(self) -> float:
+        return self.planned / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self) -> str:
+        text = (
+            f"{self.ok} chips ok, {self.rejected} rejected of {self.planned} planned in {self.seconds:.1f} s "
+            f"({self.tasks_run} tasks run, {self.tasks_resumed} already done) -> {self.out_dir}"
+        )
+        if self.skipped_items:
+            text += f"; {len(self.skipped_items)} unreadable item(s) skipped: {', '.join(sorted(self.skipped_items))}"
+        return text
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _load_config(config: ChipConfig | str | Path, overrides: Sequence[str]) -> ChipConfig:
+    if isinstance(config, ChipConfig):
+        if overrides:
+            from eo_jepa.config import apply_overrides
+
+            return from_dict(ChipConfig, apply_overrides(to_dict(config), overrides))
+        return config
+    return load_config(ChipConfig, config, overrides)
+
+
+def _search(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, list[ItemInfo]]:
+    from shapely.geometry import mapping
+
+    client = None
+    if is_api_url(source):
+        client = open_client(
+            source, timeout_s=cfg.stac.timeout_s, retries=cfg.stac.retries, backoff_s=cfg.stac.backoff_s
+        )
+    out = {}
+    for aoi in aois:
+        out[aoi.aoi_id] = search_items(
+            source,
+            collection=cfg.collection,
+            intersects=mapping(aoi.geometry),
+            start=aoi.start,
+            end=aoi.end,
+            max_cloud_cover=cfg.stac.max_cloud_cover,
+            page_size=cfg.stac.page_size,
+            max_items=cfg.stac.max_items_per_aoi,
+            client=client,
+        )
+        log.info("AOI %s: %d item(s) found", aoi.aoi_id, len(out[aoi.aoi_id]))
+    return out
+
+
+def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, Any]:
+    """Search every AOI and lay out the grid; StacError when nothing is found (nothing written)."""
+    from shapely.geometry import mapping, shape
+
+    found = _search(aois, cfg, source)
+    if not any(found.values()):
+        raise StacError(
+            f"The STAC search at {source} found no {cfg.collection!r} items for any of the {len(aois)} AOI(s) "
+            f"(cloud cover <= {cfg.stac.max_cloud_cover}); widen the date range, raise "
+            "stac.max_cloud_cover or check the collection. Nothing was written."
+        )
+    items: dict[str, ItemInfo] = {}
+    shapes: dict[str, Any] = {}
+    for group in found.values():
+        for item in group:
+            items.setdefault(item.id, item)
+            shapes.setdefault(item.id, shape(item.geometry))
+    locations = plan_locations(aois, cfg.chip_size, cfg.gsd_m)
+    entries = []
+    for loc in locations:
+        cands = [i.id for i in found[loc.aoi_id] if shapes[i.id].intersects(loc.footprint)]
+        entries.append({**loc.to_dict(), "candidates": cands[: cfg.max_candidates]})
+    used = sorted({c for e in entries for c in e["candidates"]})
+    return {
+        "format": 1,
+        "eo_jepa_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "config": to_dict(cfg),
+        "source": source,
+        "collection": cfg.collection,
+        "aois": [
+            {
+                "aoi_id": a.aoi_id,
+                "label": a.label,
+                "split": a.split,
+                "start": a.start,
+                "end": a.end,
+                "bbox": list(a.geometry.bounds),
+                "geometry": mapping(a.geometry),
+                "items_found": len(found[a.aoi_id]),
+            }
+            for a in aois
+        ],
+        "items": {i: items[i].to_dict() for i in used},
+        "locations": entries,
+    }
+
+
+def _tasks(plan: dict[str, Any]) -> list[list[int]]:
+    size = plan["config"]["task_size"]
+    n = len(plan["locations"])
+    return [list(range(s, min(s + size, n))) for s in range(0, n, size)]
+
+
+def _partial_paths(root: Path, task_id: int) -> tuple[Path, Path]:
+    base = root / BUILD_DIR / PARTIALS / f"task-{task_id:06d}"
+    return base.with_suffix(".json"), base.with_suffix(".npz")
+
+
+# --------------------------------------------------------------------------- one task (runs anywhere)
+
+
+def _passes(cfg: ChipConfig, cloud: float, nodata: float) -> str | None:
+    """None when the chip passes the filters, else the reason it does not."""
+    if cloud > cfg.max_cloud_fraction:
+        return f"cloud_fraction {cloud:.3f} > max_cloud_fraction {cfg.max_cloud_fraction}"
+    if nodata > cfg.max_nodata_fraction:
+        return f"nodata_fraction {nodata:.3f} > max_nodata_fraction {cfg.max_nodata_fraction}"
+    return None
+
+
+def _choose(
+    loc: Location,
+    candidates: list[str],
+    items: dict[str, ItemInfo],
+    cfg: ChipConfig,
+    cache: SourceCache,
+    skipped: dict[str, str],
+) -> list[ChipRead]:
+    """The clearest ``dates_per_location`` scenes: score each candidate by its mask, then read bands."""
+    scored = []
+    for item_id in candidates:
+        item = items[item_id]
+        try:
+            probe = read_chip(item, loc, cfg, cache, mask_only=True)
+        except ReadError as exc:
+            skipped.setdefault(item_id, str(exc))
+            continue
+        fails = _passes(cfg, probe.cloud_fraction, probe.nodata_fraction) is not None
+        cc = item.cloud_cover if item.cloud_cover is not None else 101.0
+        scored.append(((fails, round(probe.masked_fraction, 9), cc, item.datetime, item.id), probe))
+    scored.sort(key=lambda s: s[0])
+    chosen: list[ChipRead] = []
+    for key, probe in scored:
+        if len(chosen) == cfg.dates_per_location:
+            break
+        if probe.pixels is not None:
+            chosen.append(probe)
+            continue
+        try:
+            chosen.append(read_chip(items[key[-1]], loc, cfg, cache))
+        except ReadError as exc:
+            skipped.setdefault(key[-1], str(exc))
+    return chosen
+
+
+def run_task(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build the chips of one task and journal it. Picklable entry point for pools and Dask."""
+    cfg = from_dict(ChipConfig, spec["config"])
+    root = Path(spec["root"])
+    items = {k: ItemInfo.from_dict(v) for k, v in spec["items"].items()}
+    bands = cfg.band_names
+    writer = ChipWriter(root, fsync=spec.get("fsync", True))
+    hist = BandHistograms(bands, cfg.sensor_info.dtype)
+    records: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    written: list[int] = []
+    sign = partial(sign_href, timeout_s=cfg.stac.sign_timeout_s) if cfg.stac.sign == "auto" else None
+    dpl = cfg.dates_per_location
+    with gdal_env():
+        cache = SourceCache(sign)
+        try:
+            for entry in spec["locations"]:
+                loc = Location.from_dict({k: v for k, v in entry.items() if k not in ("candidates", "index")})
+                chosen = _choose(loc, entry["candidates"], items, cfg, cache, skipped)
+                for slot in range(dpl):
+                    row = entry["index"] * dpl + slot
+                    rec = _record(loc, slot)
+                    if slot < len(chosen):
+                        chip = chosen[slot]
+                        assert chip.pixels is not None
+                        reason = _passes(cfg, chip.cloud_fraction, chip.nodata_fraction)
+                        rec.update(
+                            datetime=chip.datetime,
+                            item_ids=[chip.item_id],
+                            hrefs=chip.hrefs,
+                            cloud_fraction=chip.cloud_fraction,
+                            nodata_fraction=chip.nodata_fraction,
+                            offset=chip.offset,
+                        )
+                        if reason is None:
+                            writer.write(row, chip.pixels, chip.valid)
+                            hist.update(chip.pixels, chip.valid)
+                            written.append(row)
+                            rec.update(row=row, status="ok", reason=None)
+                        else:
+                            rec.update(reason=reason)
+                    elif not entry["candidates"]:
+                        rec["reason"] = "no scene covers this location in the date range"
+                    elif not chosen and all(c in skipped for c in entry["candidates"]):
+                        rec["reason"] = "every candidate scene failed to read"
+                    else:
+                        rec["reason"] = f"only {len(chosen)} usable scene(s) for {dpl} dates per location"
+                    records.append(rec)
+        finally:
+            cache.close()
+    writer.sync(written)
+    journal, hist_path = _partial_paths(root, spec["task_id"])
+    hist.save(hist_path)
+    atomic_write_json(journal, {"task_id": spec["task_id"], "records": records, "skipped": skipped})
+    return {
+        "task_id": spec["task_id"],
+        "chips": len(records),
+        "ok": sum(r["status"] == "ok" for r in records),
+        "skipped": skipped,
+    }
+
+
+def _record(loc: Location, slot: int) -> dict[str, Any]:
+    return {
+        "chip_id": f"{loc.location_id}_{slot}",
+        "row": -1,
+        "location_id": loc.location_id,
+        "slot": slot,
+        "aoi_id": loc.aoi_id,
+        "split": loc.split,
+        "label": loc.label,
+        "datetime": None,
+        "crs": f"EPSG:{loc.epsg}",
+        "transform": list(loc.transform),
+        "geometry": loc.footprint.wkt,
+        "item_ids": [],
+        "hrefs": [],
+        "cloud_fraction": None,
+        "nodata_fraction": None,
+        "offset": 0,
+        "status": "rejected",
+        "reason": None,
+    }
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _task_spec(
+    root: Path, plan: dict[str, Any], task_id: int, members: list[int], fsync: bool
+) -> dict[str, Any]:
+    locs = [{**plan["locations"][i], "index": i} for i in members]
+    ids = {c for e in locs for c in e["candidates"]}
+    return {
+        "root": str(root),
+        "task_id": task_id,
+        "config": plan["config"],
+        "locations": locs,
+        "items": {i: plan["items"][i] for i in sorted(ids)},
+        "fsync": fsync,
+    }
+
+
+def _execute(
+    specs: list[dict[str, Any]],
+    *,
+    workers: int,
+    scheduler: Any,
+    executor: str,
+    on_done: Callable[[dict[str, Any]], None],
+) -> None:
+    if not specs:
+        return
+    if scheduler is not None:
+        from distributed import Client, as_completed
+
+        client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+        try:
+            futures = client.map(run_task, specs, pure=False)
+            for fut in as_completed(futures):
+                on_done(fut.result())
+        finally:
+            if client is not scheduler:
+                client.close()
+        return
+    if workers <= 1:
+        for spec in specs:
+            on_done(run_task(spec))
+        return
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    pool: cf.Executor
+    if executor == "thread":
+        pool = cf.ThreadPoolExecutor(workers)
+    else:
+        pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    try:
+        futures = [pool.submit(run_task, s) for s in specs]
+        for fut in cf.as_completed(futures):
+            on_done(fut.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def build_chips(
+    aois: str | Path | Iterable[Aoi] | Any,
+    config: ChipConfig | str | Path,
+    out_dir: str | Path,
+    *,
+    stac: str | None = None,
+    workers: int | None = None,
+    scheduler: Any = None,
+    resume: bool = False,
+    card_dir: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    fsync: bool = True,
+) -> BuildReport:
+    """Build a chip store in ``out_dir`` (see :mod:`eo_jepa.chips.store` for the layout).
+
+    aois: GeoJSON/GeoPackage path, GeoDataFrame or list of :class:`Aoi`. config: a ChipConfig or a
+    YAML path (+ ``overrides``). stac: API URL or ItemCollection/catalog path replacing
+    ``config.stac.url``. workers: local parallelism (default 1). scheduler: Dask address or Client.
+    resume: finish an interrupted build with the same result. card_dir: also copy the data card there.
+    """
+    t0 = time.perf_counter()
+    cfg = _load_config(config, overrides)
+    root = Path(out_dir)
+    plan_path = root / BUILD_DIR / PLAN_NAME
+    if resume and plan_path.is_file():
+        plan = json.loads(plan_path.read_text())
+        if plan["config"] != to_dict(cfg):
+            raise ConfigError(
+                f"The config differs from the one the interrupted build in {str(root)!r} started with; "
+                "resume with the same config, or build into a new --out."
+            )
+    else:
+        if root.exists() and any(root.iterdir()):
+            if (root / DATASET_NAME).is_file():
+                raise DataError(f"{str(root)!r} already holds a chip store; choose a new --out or delete it.")
+            raise DataError(
+                f"{str(root)!r} is not empty; pass --resume to finish an interrupted build there, "
+                "or choose an empty --out."
+            )
+        aoi_list = aois if isinstance(aois, list) and all(isinstance(a, Aoi) for a in aois) else None
+        aoi_list = aoi_list or load_aois(aois, cfg.aoi)
+        plan = make_plan(aoi_list, cfg, stac or cfg.stac.url)
+        n_rows = len(plan["locations"]) * cfg.dates_per_location
+        create_arrays(root, n_rows, len(cfg.bands), cfg.chip_size, cfg.sensor_info.dtype)
+        (root / BUILD_DIR / PARTIALS).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(plan_path, plan, indent=None)  # written last: plan present => arrays exist
+
+    tasks = _tasks(plan)
+    dpl = plan["config"]["dates_per_location"]
+    pending = [t for t, _ in enumerate(tasks) if not _partial_paths(root, t)[0].is_file()]
+    done_chips = sum(len(m) for t, m in enumerate(tasks) if t not in set(pending)) * dpl
+    total = len(plan["locations"]) * dpl
+    specs = [_task_spec(root, plan, t, tasks[t], fsync) for t in pending]
+    log.info(
+        "%d task(s) to run, %d already done; %d chips planned", len(pending), len(tasks) - len(pending), total
+    )
+
+    from tqdm.auto import tqdm
+
+    with tqdm(
+        total=total, initial=done_chips, unit="chip", desc="chips", disable=progress_disabled(), smoothing=0.1
+    ) as bar:
+
+        def on_done(result: dict[str, Any]) -> None:
+            bar.update(result["chips"])
+            for item_id, why in result["skipped"].items():
+                log.warning("skipped item %s: %s", item_id, why)
+
+        _execute(specs, workers=workers or 1, scheduler=scheduler, executor=cfg.executor, on_done=on_done)
+
+    report = finalize(root, plan, card_dir=card_dir)
+    report.tasks, report.tasks_run, report.tasks_resumed = len(tasks), len(pending), len(tasks) - len(pending)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = None) -> BuildReport:
+    """Assemble index, stats, card and dataset.json from the task partials (atomic writes, plan order)."""
+    import geopandas as gpd
+    import pandas as pd
+    from shapely import wkt
+
+    from eo_jepa.chips.card import render_card
+
+    cfg = from_dict(ChipConfig, plan["config"])
+    sensor = cfg.sensor_info
+    bands = cfg.band_names
+    hist = BandHistograms(bands, sensor.dtype)
+    records: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for task_id in range(len(_tasks(plan))):
+        journal, hist_path = _partial_paths(root, task_id)
+        if not journal.is_file():
+            raise DataError(
+                f"Task {task_id} of {str(root)!r} has not finished; rerun the build with --resume."
+            )
+        part = json.loads(journal.read_text())
+        records.extend(part["records"])
+        for k, v in part["skipped"].items():
+            skipped.setdefault(k, v)
+        hist.merge(BandHistograms.load(hist_path))
+
+    frame = pd.DataFrame.from_records(records)
+    frame["datetime"] = pd.to_datetime(frame["datetime"], utc=True, format="ISO8601")
+    frame["label"] = frame["label"].astype("string")
+    frame["reason"] = frame["reason"].astype("string")
+    index = gpd.GeoDataFrame(frame, geometry=[wkt.loads(g) for g in frame.pop("geometry")], crs="EPSG:4326")
+    with atomic_open(root / INDEX_NAME, "wb") as fh:
+        index.to_parquet(fh, index=False)
+
+    stats = hist.summary(units=sensor.units)
+    atomic_write_json(root / STATS_NAME, stats)
+
+    ok = index[index["status"] == "ok"]
+    reasons = index.loc[index["status"] != "ok", "reason"].fillna("unknown")
+    reasons = reasons.str.replace(r"\s[\d.]+ > ", " > ", regex=True).value_counts().to_dict()
+    counts = {
+        "planned": len(index),
+        "ok": len(ok),
+        "rejected": len(index) - len(ok),
+        "locations": len(plan["locations"]),
+        "ok_by_split": {s: int((ok["split"] == s).sum()) for s in ("train", "val", "test")},
+        "rejected_by_reason": {str(k): int(v) for k, v in reasons.items()},
+        "items": len(plan["items"]),
+        "items_skipped": len(skipped),
+    }
+    dataset = {
+        "format": 1,
+        "sensor": sensor.name,
+        "bands": bands,
+        "chip_size": cfg.chip_size,
+        "gsd_m": cfg.gsd_m,
+        "dtype": sensor.dtype,
+        "units": sensor.units,
+        "counts": counts,
+        "config": plan["config"],
+        "source": plan["source"],
+        "collection": plan["collection"],
+        "skipped_items": skipped,
+        "eo_jepa_version": plan["eo_jepa_version"],
+        "created": plan["created"],
+    }
+    card = render_card(dataset, stats, plan)
+    atomic_write_text(root / CARD_NAME, card)
+    if card_dir is not None:
+        atomic_write_text(Path(card_dir) / f"{cfg.name}.md", card)
+    atomic_write_json(root / DATASET_NAME, dataset)  # last: its presence marks a finished store
+    return BuildReport(
+        out_dir=root,
+        planned=counts["planned"],
+        ok=counts["ok"],
+        rejected=counts["rejected"],
+        tasks=0,
+        tasks_run=0,
+        tasks_resumed=0,
+        seconds=0.0,
+        skipped_items=skipped,
+        reasons=counts["rejected_by_reason"],
+    )

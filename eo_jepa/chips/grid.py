@@ -1,0 +1,113 @@
+"""The chip plan: a fixed UTM grid of square chips covering each AOI.
+
+The grid is global per UTM zone: chip origins are multiples of ``chip_size * gsd_m`` metres, so the
+same place always gets the same ``location_id`` (whichever AOI asks for it). Sentinel-2 tile
+origins (MGRS, e.g. 399960 m / 5000040 m) are multiples of 60 m, so 10 m and 20 m pixels line up with
+chip edges whenever ``chip_size * gsd_m`` is a multiple of 20 m (60 m bands: of 60 m) and those reads
+need no warping; other cases go through a WarpedVRT.
+The UTM zone of a chip is that of its AOI's centroid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eo_jepa.chips.aois import Aoi
+
+
+def utm_epsg(lon: float, lat: float) -> int:
+    """EPSG code of the WGS84 UTM zone holding (lon, lat): 326zz north, 327zz south."""
+    zone = min(max(math.floor((lon + 180.0) / 6.0) + 1, 1), 60)
+    return (32600 if lat >= 0 else 32700) + zone
+
+
+@dataclass(frozen=True)
+class Location:
+    """One chip footprint on the grid (shared by all dates chosen for it)."""
+
+    location_id: str
+    aoi_id: str
+    split: str
+    label: str | None
+    start: str
+    end: str
+    epsg: int
+    x0: float  # upper-left corner, metres in the UTM zone
+    y0: float
+    gsd: float
+    size: int
+    footprint: Any  # shapely polygon, EPSG:4326
+
+    @property
+    def transform(self) -> tuple[float, float, float, float, float, float]:
+        """Affine coefficients (a, b, c, d, e, f) as rasterio writes them."""
+        return (self.gsd, 0.0, self.x0, 0.0, -self.gsd, self.y0)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        span = self.gsd * self.size
+        return (self.x0, self.y0 - span, self.x0 + span, self.y0)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["footprint"] = self.footprint.wkt
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Location:
+        from shapely import wkt
+
+        return cls(**{**data, "footprint": wkt.loads(data["footprint"])})
+
+
+def plan_locations(aois: Sequence[Aoi], chip_size: int, gsd_m: float) -> list[Location]:
+    """Grid cells intersecting each AOI, in AOI order then north-to-south, west-to-east.
+
+    A cell claimed by an earlier AOI is not repeated for a later one.
+    """
+    from pyproj import Transformer
+    from shapely.geometry import box
+    from shapely.ops import transform
+
+    span = chip_size * gsd_m
+    seen: set[str] = set()
+    out: list[Location] = []
+    for aoi in aois:
+        centroid = aoi.geometry.centroid
+        epsg = utm_epsg(centroid.x, centroid.y)
+        to_utm = Transformer.from_crs(4326, epsg, always_xy=True).transform
+        to_geo = Transformer.from_crs(epsg, 4326, always_xy=True).transform
+        geom = transform(to_utm, aoi.geometry)
+        minx, miny, maxx, maxy = geom.bounds
+        ix0, ix1 = math.floor(minx / span), math.ceil(maxx / span)
+        iy0, iy1 = math.floor(miny / span), math.ceil(maxy / span)
+        for iy in range(iy1 - 1, iy0 - 1, -1):
+            for ix in range(ix0, ix1):
+                x0, y0 = ix * span, (iy + 1) * span
+                cell = box(x0, y0 - span, x0 + span, y0)
+                if not cell.intersection(geom).area > 0:
+                    continue
+                loc_id = f"{epsg}_{gsd_m:g}m_{chip_size}_{round(x0)}_{round(y0)}"
+                if loc_id in seen:
+                    continue
+                seen.add(loc_id)
+                out.append(
+                    Location(
+                        location_id=loc_id,
+                        aoi_id=aoi.aoi_id,
+                        split=aoi.split,
+                        label=aoi.label,
+                        start=aoi.start,
+                        end=aoi.end,
+                        epsg=epsg,
+                        x0=float(x0),
+                        y0=float(y0),
+                        gsd=float(gsd_m),
+                        size=int(chip_size),
+                        footprint=transform(to_geo, cell.segmentize(span / 8)),
+                    )
+                )
+    return out

@@ -1,0 +1,255 @@
+"""Windowed reads of one chip from one STAC item: mask, harmonise, resample onto the chip grid.
+
+Hot path: when an asset is in the chip's UTM zone and its pixel grid lines up with the chip edges
+(Sentinel-2 10/20 m bands on our grid), we read exactly the chip's window with rasterio (GDAL fetches
+only the COG tiles it touches) and let GDAL resample coarser bands to the chip grid with ``out_shape``
+(bilinear or nearest, ``ChipConfig.resampling``; the SCL mask always nearest). Anything else (another
+UTM zone, unaligned grids, 60 m bands) goes through a :class:`rasterio.vrt.WarpedVRT` whose output grid
+is the chip itself, so it too reads only the source blocks under the chip. Whole scenes are never read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from eo_jepa.bands import Sensor, s2_offset_for_baseline
+from eo_jepa.chips.config import ChipConfig
+from eo_jepa.chips.grid import Location
+from eo_jepa.stac import ItemInfo
+
+log = logging.getLogger(__name__)
+
+# GDAL settings for COGs over HTTP (/vsicurl): no directory listings (one GET per file, not per
+# sidecar guess), only raster extensions probed, merged range requests, retries on 429/5xx.
+GDAL_ENV = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.TIFF,.jp2,.vrt",
+    "GDAL_HTTP_MAX_RETRY": "4",
+    "GDAL_HTTP_RETRY_DELAY": "0.5",
+    "GDAL_HTTP_TIMEOUT": "30",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "GDAL_HTTP_VERSION": "2",
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": str(64 << 20),
+    "GDAL_CACHEMAX": 256,  # MB (rasterio wants an int here)
+    "GDAL_NUM_THREADS": "1",
+}
+
+
+class ReadError(Exception):
+    """An asset could not be opened or decoded (corrupt, truncated or unreachable COG)."""
+
+
+def gdal_env(**extra: Any) -> Any:
+    import rasterio
+
+    return rasterio.Env(**{**GDAL_ENV, **extra})
+
+
+class SourceCache:
+    """Open datasets of one task, by href; remembers hrefs that failed so they are tried once."""
+
+    def __init__(self, sign: Callable[[str], str] | None = None) -> None:
+        self._sign = sign or (lambda href: href)
+        self._open: dict[str, Any] = {}
+        self.failed: dict[str, str] = {}
+
+    def open(self, href: str) -> Any:
+        import rasterio
+        from rasterio.errors import RasterioError
+
+        if href in self.failed:
+            raise ReadError(self.failed[href])
+        ds = self._open.get(href)
+        if ds is None:
+            try:
+                ds = rasterio.open(self._sign(href))
+            except (RasterioError, OSError) as exc:
+                self.failed[href] = f"cannot open {href}: {exc}"
+                raise ReadError(self.failed[href]) from None
+            self._open[href] = ds
+        return ds
+
+    def fail(self, href: str, message: str) -> None:
+        self.failed[href] = message
+        ds = self._open.pop(href, None)
+        if ds is not None:
+            ds.close()
+
+    def close(self) -> None:
+        for ds in self._open.values():
+            ds.close()
+        self._open.clear()
+
+
+def _as_int(value: float) -> int | None:
+    r = round(value)
+    return int(r) if abs(value - r) < 1e-6 else None
+
+
+def read_to_grid(
+    ds: Any, indexes: list[int], loc: Location, resampling: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bands ``indexes`` of ``ds`` on the chip grid of ``loc``: (data (k, H, W), covered (H, W) bool)."""
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    alg = Resampling[resampling]
+    size = loc.size
+    t = ds.transform
+    aligned = ds.crs is not None and ds.crs.to_epsg() == loc.epsg and t.b == 0 and t.d == 0 and t.e == -t.a
+    if aligned:
+        res = t.a
+        col, row, n = (
+            _as_int((loc.x0 - t.c) / res),
+            _as_int((t.f - loc.y0) / res),
+            _as_int(size * loc.gsd / res),
+        )
+        aligned = col is not None and row is not None and n is not None and n > 0
+    if aligned:
+        assert col is not None and row is not None and n is not None
+        c0, r0 = max(col, 0), max(row, 0)
+        c1, r1 = min(col + n, ds.width), min(row + n, ds.height)
+        out = np.zeros((len(indexes), size, size), dtype=ds.dtypes[0])
+        covered = np.zeros((size, size), dtype=bool)
+        if c1 <= c0 or r1 <= r0:
+            return out, covered
+        # Chip-pixel offsets of the clipped window; must be whole pixels to place without warping.
+        oc0, or0 = _as_int((c0 - col) * size / n), _as_int((r0 - row) * size / n)
+        oc1, or1 = _as_int((c1 - col) * size / n), _as_int((r1 - row) * size / n)
+        if None not in (oc0, or0, oc1, or1):
+            assert oc0 is not None and or0 is not None and oc1 is not None and or1 is not None
+            out[:, or0:or1, oc0:oc1] = ds.read(
+                indexes,
+                window=Window(c0, r0, c1 - c0, r1 - r0),
+                out_shape=(len(indexes), or1 - or0, oc1 - oc0),
+                resampling=alg,
+            )
+            covered[or0:or1, oc0:oc1] = True
+            return out, covered
+    return _warp(ds, indexes, loc, alg)
+
+
+def _warp(ds: Any, indexes: list[int], loc: Location, alg: Any) -> tuple[np.ndarray, np.ndarray]:
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.vrt import WarpedVRT
+
+    with WarpedVRT(
+        ds,
+        crs=CRS.from_epsg(loc.epsg),
+        transform=Affine(*loc.transform),
+        width=loc.size,
+        height=loc.size,
+        resampling=alg,
+        add_alpha=True,
+    ) as vrt:
+        data = vrt.read(indexes)
+        covered = vrt.read(vrt.count) > 0
+    return data, covered
+
+
+@dataclass
+class ChipRead:
+    """One chip read from one item."""
+
+    item_id: str
+    datetime: str
+    pixels: np.ndarray | None  # (C, H, W) harmonised, sensor dtype; None for a mask-only read
+    valid: np.ndarray  # (H, W) bool
+    cloud_fraction: float
+    nodata_fraction: float
+    hrefs: list[str]
+    offset: int
+
+    @property
+    def masked_fraction(self) -> float:
+        return 1.0 - float(self.valid.mean())
+
+
+def _asset_groups(sensor: Sensor, bands: list[str], provider: str) -> list[tuple[str, list[int], list[int]]]:
+    """(asset key, 1-based band indexes inside the asset, positions in the chip) grouped by asset."""
+    groups: dict[str, tuple[list[int], list[int]]] = {}
+    for pos, band in enumerate(sensor.resolve(bands)):
+        idx, where = groups.setdefault(band.asset_key(provider), ([], []))
+        idx.append(band.index)
+        where.append(pos)
+    return [(k, v[0], v[1]) for k, v in groups.items()]
+
+
+def read_chip(
+    item: ItemInfo, loc: Location, cfg: ChipConfig, cache: SourceCache, *, mask_only: bool = False
+) -> ChipRead:
+    """Read (and mask, harmonise) one chip of ``loc`` from ``item``; ReadError if an asset fails.
+
+    ``mask_only``: read just the quality mask (S2 SCL) to score the scene; sensors without a mask are
+    read in full.
+    """
+    from rasterio.errors import RasterioError
+
+    sensor = cfg.sensor_info
+    provider = cfg.stac.provider
+    size = loc.size
+    hrefs: list[str] = []
+
+    def asset_href(key: str) -> str:
+        asset = item.assets.get(key)
+        if asset is None:
+            raise ReadError(f"item {item.id} has no asset {key!r}")
+        hrefs.append(asset.href)
+        return asset.href
+
+    def read(key: str, indexes: list[int], resampling: str) -> tuple[np.ndarray, np.ndarray]:
+        href = asset_href(key)
+        ds = cache.open(href)
+        try:
+            return read_to_grid(ds, indexes, loc, resampling)
+        except (RasterioError, OSError) as exc:
+            message = f"cannot read {href}: {exc}"
+            cache.fail(href, message)
+            raise ReadError(message) from None
+
+    nodata = np.zeros((size, size), dtype=bool)
+    cloud = np.zeros((size, size), dtype=bool)
+    mask_key = sensor.mask_asset.get(provider)
+    if mask_key is not None:
+        (scl,), covered = read(mask_key, [1], "nearest")
+        # SCL class 0 is "no data" whatever mask_classes says; the other listed classes are "cloud".
+        nodata |= ~covered | (scl == 0)
+        cloud = np.isin(scl, [c for c in cfg.mask_classes if c != 0])
+    pixels = None
+    offset = 0
+    if not (mask_only and mask_key is not None):
+        raw = np.zeros((len(cfg.bands), size, size), dtype=sensor.dtype)
+        for key, indexes, positions in _asset_groups(sensor, cfg.bands, provider):
+            data, covered = read(key, indexes, cfg.resampling)
+            raw[positions] = data
+            nodata |= ~covered
+        if sensor.nodata is not None:
+            nodata |= (raw == sensor.nodata).any(axis=0)
+        if sensor.name == "sentinel-2-l2a" and cfg.harmonize:
+            offset = s2_offset_for_baseline(item.baseline)
+        if offset:
+            info = np.iinfo(raw.dtype)
+            pixels = np.clip(raw.astype(np.int64) + offset, 0, info.max).astype(raw.dtype)
+        else:
+            pixels = raw
+    cloud &= ~nodata
+    valid = ~(nodata | cloud)
+    n = float(size * size)
+    return ChipRead(
+        item_id=item.id,
+        datetime=item.datetime,
+        pixels=pixels,
+        valid=valid,
+        cloud_fraction=float(cloud.sum()) / n,
+        nodata_fraction=float(nodata.sum()) / n,
+        hrefs=hrefs,
+        offset=offset,
+    )

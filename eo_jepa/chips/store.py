@@ -1,0 +1,115 @@
+"""The chip store on disk.
+
+::
+
+    DIR/dataset.json      what it is (sensor, bands, chip size, GSD, dtype, counts, config, version)
+    DIR/chips.zarr/       Zarr v3 group: pixels (N, C, H, W) and valid (N, H, W), one chunk per chip
+    DIR/index.parquet     GeoParquet, one row per planned chip (ok or rejected, with the reason)
+    DIR/norm_stats.json   per-band count/mean/std/min/max/p1/p2/p98/p99 over valid pixels
+    DIR/data_card.md      Markdown + YAML front matter (provenance, query, AOIs, counts, stats, licence)
+    DIR/.build/           plan, items, one partial per finished task (the resume journal)
+
+One chunk per chip: a reader fetches exactly one object per chip (fast random access for training),
+and every task writes only its own chunks, so writers never touch the same object and need no locks.
+Zarr's local store writes each chunk to a temporary file and renames it, so a killed writer never
+leaves a half chunk under the final name. ``dataset.json`` is written last: a folder without it is an
+unfinished build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eo_jepa.errors import DataError
+
+ZARR_NAME = "chips.zarr"
+INDEX_NAME = "index.parquet"
+STATS_NAME = "norm_stats.json"
+DATASET_NAME = "dataset.json"
+CARD_NAME = "data_card.md"
+BUILD_DIR = ".build"
+
+
+def create_arrays(root: Path, n: int, channels: int, size: int, dtype: str) -> None:
+    """Create (or re-create, empty) the Zarr v3 arrays of a store with ``n`` planned chips."""
+    import zarr
+
+    group = zarr.open_group(str(root / ZARR_NAME), mode="w", zarr_format=3)
+    group.create_array(
+        "pixels",
+        shape=(n, channels, size, size),
+        chunks=(1, channels, size, size),
+        dtype=dtype,
+        fill_value=0,
+        dimension_names=("chip", "band", "y", "x"),
+    )
+    group.create_array(
+        "valid",
+        shape=(n, size, size),
+        chunks=(1, size, size),
+        dtype="bool",
+        fill_value=False,
+        dimension_names=("chip", "y", "x"),
+    )
+
+
+class ChipWriter:
+    """Writes whole chips into their pre-assigned rows (one chunk each)."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        import zarr
+
+        self.root = Path(root)
+        group = zarr.open_group(str(self.root / ZARR_NAME), mode="r+")
+        self.pixels: Any = group["pixels"]
+        self.valid: Any = group["valid"]
+        self.fsync = fsync
+
+    def write(self, row: int, pixels: np.ndarray, valid: np.ndarray) -> None:
+        self.pixels[row] = pixels
+        self.valid[row] = valid
+
+    def sync(self, rows: list[int]) -> None:
+        """fsync the chunk files of ``rows`` so the journal entry written next is truthful."""
+        if not self.fsync:
+            return
+        for name, suffix in (("pixels", "0/0/0"), ("valid", "0/0")):
+            for row in rows:
+                path = self.root / ZARR_NAME / name / "c" / str(row) / suffix
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue  # an all-fill chunk is not stored
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+
+def open_arrays(root: Path) -> tuple[Any, Any]:
+    import zarr
+
+    try:
+        group = zarr.open_group(str(Path(root) / ZARR_NAME), mode="r")
+        return group["pixels"], group["valid"]
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise DataError(
+            f"{str(root)!r} has no readable {ZARR_NAME} ({exc}); rebuild the chip store."
+        ) from None
+
+
+def read_dataset_json(root: str | Path) -> dict[str, Any]:
+    path = Path(root) / DATASET_NAME
+    if not path.is_file():
+        hint = (
+            " It looks like an unfinished build: rerun `eo-jepa chips build ... --resume`."
+            if (Path(root) / BUILD_DIR).is_dir()
+            else " Build one with `eo-jepa chips build`."
+        )
+        raise DataError(f"{str(root)!r} is not a chip store (no {DATASET_NAME}).{hint}")
+    return json.loads(path.read_text())

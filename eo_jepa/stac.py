@@ -1,0 +1,379 @@
+"""STAC search, item parsing and Planetary Computer signing.
+
+- :func:`search_items` asks a STAC API (pystac-client; bbox/intersects, datetime, ``eo:cloud_cover``
+  through ``query``, paging through ``next`` links, retries with exponential back-off on connection
+  errors and 5xx/429 answers) or filters a static source (an ItemCollection JSON file or a static
+  ``catalog.json``) by the same criteria.
+- :func:`parse_item` turns a STAC item into a small picklable :class:`ItemInfo`; it accepts
+  ``proj:epsg`` or ``proj:code`` (pystac >= 1.15 rewrites the former into the latter) and item- or
+  asset-level ``proj:transform``/``proj:shape``.
+- :func:`sign_href` signs Planetary Computer blob URLs (``*.blob.core.windows.net``) with a SAS token
+  right before a read, with a bounded timeout on the token request; other URLs pass unchanged.
+  (``planetary_computer.sign`` retries the token endpoint without a timeout and can hang offline.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from eo_jepa.errors import StacError
+
+log = logging.getLogger(__name__)
+
+BLOB_DOMAIN = ".blob.core.windows.net"
+RETRY_STATUS = (429, 500, 502, 503, 504)
+
+
+# --------------------------------------------------------------------------- item parsing
+
+
+@dataclass(frozen=True)
+class AssetInfo:
+    href: str
+    epsg: int | None = None
+    transform: tuple[float, ...] | None = None  # affine a, b, c, d, e, f
+    shape: tuple[int, int] | None = None  # rows, cols
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """What the chip builder needs from a STAC item (plain data: picklable, JSON-able)."""
+
+    id: str
+    collection: str | None
+    datetime: str  # ISO 8601, UTC
+    geometry: dict[str, Any]  # GeoJSON, EPSG:4326
+    cloud_cover: float | None
+    baseline: str | None  # Sentinel-2 s2:processing_baseline
+    epsg: int | None
+    assets: dict[str, AssetInfo] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["assets"] = {k: dict(v.__dict__) for k, v in self.assets.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ItemInfo:
+        assets = {
+            k: AssetInfo(
+                href=v["href"],
+                epsg=v.get("epsg"),
+                transform=tuple(v["transform"]) if v.get("transform") else None,
+                shape=tuple(v["shape"]) if v.get("shape") else None,  # type: ignore[arg-type]
+            )
+            for k, v in data["assets"].items()
+        }
+        return cls(**{**data, "assets": assets})
+
+    @property
+    def when(self) -> dt.datetime:
+        return _parse_datetime(self.datetime)
+
+
+def _epsg_of(fields: Mapping[str, Any]) -> int | None:
+    """EPSG code from ``proj:epsg`` (int) or ``proj:code`` ('EPSG:32633')."""
+    epsg = fields.get("proj:epsg")
+    if epsg is not None:
+        return int(epsg)
+    code = fields.get("proj:code")
+    if isinstance(code, str) and code.upper().startswith("EPSG:"):
+        return int(code.split(":", 1)[1])
+    return None
+
+
+def _parse_datetime(value: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _resolve_href(href: str, base_dir: Path | None) -> str:
+    if "://" in href or href.startswith("/") or base_dir is None:
+        return href[len("file://") :] if href.startswith("file://") else href
+    return str((base_dir / href).resolve())
+
+
+def parse_item(item: Any, *, base_dir: Path | None = None) -> ItemInfo:
+    """A pystac Item (or its dict) as :class:`ItemInfo`; relative asset hrefs resolve against base_dir."""
+    data = item.to_dict(include_self_link=False, transform_hrefs=False) if hasattr(item, "to_dict") else item
+    props = data.get("properties", {})
+    when = props.get("datetime") or props.get("start_datetime")
+    if not when:
+        raise StacError(f"STAC item {data.get('id')!r} has no datetime; it cannot be placed in a date range.")
+    item_epsg = _epsg_of(props)
+    assets: dict[str, AssetInfo] = {}
+    for key, asset in data.get("assets", {}).items():
+        transform = asset.get("proj:transform") or props.get("proj:transform")
+        shape = asset.get("proj:shape") or props.get("proj:shape")
+        assets[key] = AssetInfo(
+            href=_resolve_href(asset["href"], base_dir),
+            epsg=_epsg_of(asset) or item_epsg,
+            transform=tuple(float(v) for v in transform[:6]) if transform else None,
+            shape=(int(shape[0]), int(shape[1])) if shape else None,
+        )
+    cloud = props.get("eo:cloud_cover")
+    baseline = props.get("s2:processing_baseline")
+    return ItemInfo(
+        id=str(data["id"]),
+        collection=data.get("collection"),
+        datetime=_parse_datetime(str(when)).astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+        geometry=data["geometry"],
+        cloud_cover=float(cloud) if cloud is not None else None,
+        baseline=str(baseline) if baseline is not None else None,
+        epsg=item_epsg,
+        assets=assets,
+    )
+
+
+# --------------------------------------------------------------------------- search
+
+
+def is_api_url(source: str) -> bool:
+    return urlparse(str(source)).scheme in ("http", "https")
+
+
+def _retry(retries: int, backoff_s: float) -> Any:
+    from urllib3.util.retry import Retry
+
+    # STAC searches are idempotent reads, so POST is retried too.
+    return Retry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        backoff_factor=backoff_s,
+        status_forcelist=RETRY_STATUS,
+        allowed_methods=None,
+        raise_on_status=True,
+    )
+
+
+def open_client(url: str, *, timeout_s: float = 30.0, retries: int = 4, backoff_s: float = 0.5) -> Any:
+    """A pystac-client Client with a retrying, timed-out session; StacError when unreachable."""
+    import requests
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+    from pystac_client.stac_api_io import StacApiIO
+
+    io = StacApiIO(timeout=timeout_s, max_retries=_retry(retries, backoff_s))
+    try:
+        return Client.open(url, stac_io=io)
+    except (APIError, requests.RequestException, OSError, ValueError) as exc:
+        raise StacError(
+            f"STAC API {url} is unreachable or failed ({_short(exc)}); check the URL and network, "
+            "or pass a local ItemCollection file as the source."
+        ) from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def search_items(
+    source: str,
+    *,
+    collection: str | None,
+    intersects: Mapping[str, Any],
+    start: str,
+    end: str,
+    max_cloud_cover: float | None = None,
+    page_size: int = 100,
+    max_items: int | None = None,
+    timeout_s: float = 30.0,
+    retries: int = 4,
+    backoff_s: float = 0.5,
+    client: Any = None,
+) -> list[ItemInfo]:
+    """Items intersecting a GeoJSON geometry within [start, end] (dates, inclusive), least cloudy first."""
+    if is_api_url(source):
+        items = _search_api(
+            client or open_client(source, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s),
+            source,
+            collection=collection,
+            intersects=intersects,
+            start=start,
+            end=end,
+            max_cloud_cover=max_cloud_cover,
+            page_size=page_size,
+            max_items=max_items,
+        )
+    else:
+        items = _search_static(
+            source, collection=collection, intersects=intersects, start=start, end=end, max_cc=max_cloud_cover
+        )
+        if max_items is not None:
+            items = sorted(items, key=lambda i: i.datetime)[:max_items]
+    return sorted(items, key=_item_order)
+
+
+def _item_order(item: ItemInfo) -> tuple[float, str, str]:
+    return (item.cloud_cover if item.cloud_cover is not None else 101.0, item.datetime, item.id)
+
+
+def _search_api(
+    client: Any,
+    url: str,
+    *,
+    collection: str | None,
+    intersects: Mapping[str, Any],
+    start: str,
+    end: str,
+    max_cloud_cover: float | None,
+    page_size: int,
+    max_items: int | None,
+) -> list[ItemInfo]:
+    import requests
+    from pystac_client.exceptions import APIError
+
+    query = {"eo:cloud_cover": {"lte": max_cloud_cover}} if max_cloud_cover is not None else None
+    try:
+        search = client.search(
+            collections=[collection] if collection else None,
+            intersects=dict(intersects),
+            datetime=f"{start}/{end}",
+            query=query,
+            limit=page_size,
+            max_items=max_items,
+        )
+        return [parse_item(item) for item in search.items_as_dicts()]
+    except (APIError, requests.RequestException, OSError) as exc:
+        raise StacError(
+            f"STAC search at {url} failed ({_short(exc)}); check that the API is up and the collection "
+            f"{collection!r} exists, then retry."
+        ) from None
+
+
+def load_static_items(source: str | Path) -> list[ItemInfo]:
+    """All items of an ItemCollection JSON (FeatureCollection) or a static catalog/collection JSON."""
+    path = Path(source)
+    if not path.is_file():
+        raise StacError(
+            f"STAC source {str(source)!r} is neither an http(s) API URL nor an existing JSON file; "
+            "pass a STAC API URL, an ItemCollection file or a catalog.json."
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StacError(f"STAC source {str(path)!r} is not readable JSON ({_short(exc)}).") from None
+    base = path.parent.resolve()
+    kind = data.get("type")
+    if kind == "FeatureCollection":
+        return [parse_item(f, base_dir=base) for f in data.get("features", [])]
+    if kind == "Feature":
+        return [parse_item(data, base_dir=base)]
+    if kind in ("Catalog", "Collection"):
+        import pystac
+
+        catalog = pystac.read_file(str(path))
+        out = []
+        for item in catalog.get_items(recursive=True):  # type: ignore[attr-defined]
+            item.make_asset_hrefs_absolute()
+            out.append(parse_item(item))
+        return out
+    raise StacError(
+        f"STAC source {str(path)!r} has type {kind!r}; expected a FeatureCollection (ItemCollection), "
+        "a Catalog or a Collection."
+    )
+
+
+def _search_static(
+    source: str | Path,
+    *,
+    collection: str | None,
+    intersects: Mapping[str, Any],
+    start: str,
+    end: str,
+    max_cc: float | None,
+) -> list[ItemInfo]:
+    from shapely.geometry import shape
+
+    aoi = shape(intersects)
+    lo, hi = _date_range(start, end)
+    out = []
+    for item in load_static_items(source):
+        if collection and item.collection and item.collection != collection:
+            continue
+        if max_cc is not None and item.cloud_cover is not None and item.cloud_cover > max_cc:
+            continue
+        if not lo <= item.when <= hi:
+            continue
+        if not shape(item.geometry).intersects(aoi):
+            continue
+        out.append(item)
+    return out
+
+
+def _date_range(start: str, end: str) -> tuple[dt.datetime, dt.datetime]:
+    """[start, end] as UTC datetimes; a bare end date includes that whole day."""
+    lo = _parse_datetime(start if "T" in start else f"{start}T00:00:00")
+    hi = _parse_datetime(end if "T" in end else f"{end}T23:59:59.999999")
+    return lo, hi
+
+
+def unique_items(groups: Iterable[Iterable[ItemInfo]]) -> dict[str, ItemInfo]:
+    out: dict[str, ItemInfo] = {}
+    for group in groups:
+        for item in group:
+            out.setdefault(item.id, item)
+    return out
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def needs_signing(href: str) -> bool:
+    parsed = urlparse(href)
+    if not parsed.netloc.endswith(BLOB_DOMAIN) or parsed.netloc.startswith("ai4edatasetspublicassets."):
+        return False
+    return not set(parse_qs(parsed.query)) & {"st", "se", "sp"}
+
+
+def sign_href(href: str, *, timeout_s: float = 10.0, retries: int = 2) -> str:
+    """Planetary Computer blob URL with a SAS token appended; any other href unchanged.
+
+    The token request (``$PC_SDK_SAS_URL`` or PC's default endpoint; subscription key from
+    ``$PC_SDK_SUBSCRIPTION_KEY``) has a per-attempt timeout and few retries, so an offline machine
+    fails in seconds with :class:`StacError` instead of hanging. Tokens are cached until a minute
+    before they expire (planetary_computer's cache, shared with its own ``sign``).
+    """
+    if not needs_signing(href):
+        return href
+    import requests
+    from planetary_computer import sas
+    from planetary_computer.settings import DEFAULT_SAS_TOKEN_ENDPOINT
+    from planetary_computer.utils import parse_blob_url
+
+    account, container = parse_blob_url(urlparse(href))
+    endpoint = os.environ.get("PC_SDK_SAS_URL") or DEFAULT_SAS_TOKEN_ENDPOINT
+    token_url = f"{endpoint.rstrip('/')}/{account}/{container}"
+    token = sas.TOKEN_CACHE.get(token_url)
+    if token is None or token.ttl() < 60:
+        key = os.environ.get("PC_SDK_SUBSCRIPTION_KEY")
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(max_retries=_retry(retries, 0.5))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        try:
+            response = session.get(
+                token_url, headers={"Ocp-Apim-Subscription-Key": key} if key else None, timeout=timeout_s
+            )
+            response.raise_for_status()
+            token = sas.SASToken(**response.json())
+        except (requests.RequestException, ValueError, TypeError) as exc:
+            raise StacError(
+                f"Could not get a Planetary Computer SAS token from {token_url} ({_short(exc)}); check the "
+                "network, or set stac.sign=never for public or pre-signed hrefs."
+            ) from None
+        finally:
+            session.close()
+        sas.TOKEN_CACHE[token_url] = token
+    return token.sign(href).href
