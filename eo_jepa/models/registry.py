@@ -241,12 +241,20 @@ def hf_download(
         f" at revision {revision!r}" if revision else ""
     )
     label = f"{what} ({where})" if what else where
+    if cache_dir is None:  # huggingface_hub reads these once at import; honour later changes too
+        home = os.environ.get("HF_HOME")
+        cache_dir = os.environ.get("HF_HUB_CACHE") or (os.path.join(home, "hub") if home else None)
     try:
         return Path(
             hf_hub_download(
                 repo_id, filename, repo_type=repo_type, revision=revision, cache_dir=cache_dir, token=None
             )
         )
+    except LocalEntryNotFoundError:
+        raise ModelNotFoundError(
+            f"{label} is not in the Hugging Face cache and it cannot be downloaded (HF_HUB_OFFLINE=1 or no "
+            "network); go online once, or pass cache_dir= a cache that holds it."
+        ) from None
     except GatedRepoError:
         raise ModelNotFoundError(
             f"{label} is gated; accept its terms on huggingface.co and set HF_TOKEN in the environment."
@@ -261,11 +269,6 @@ def hf_download(
         ) from None
     except EntryNotFoundError:
         raise ModelNotFoundError(f"{label}: the repository has no such file.") from None
-    except LocalEntryNotFoundError:
-        raise ModelNotFoundError(
-            f"{label} is not in the Hugging Face cache and it cannot be downloaded (HF_HUB_OFFLINE=1 or no "
-            "network); go online once, or pass cache_dir= a cache that holds it."
-        ) from None
     except HfHubHTTPError as exc:
         raise ModelNotFoundError(f"Downloading {label} failed: {exc}.") from None
 
