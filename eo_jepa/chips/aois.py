@@ -101,12 +101,10 @@ def load_aois(source: str | Path | Any, cfg: AoiConfig | None = None) -> list[Ao
 
 
 def _buffer_point(point: Any, half_width_m: float, epsg: int) -> Any:
-    from pyproj import Transformer
     from shapely.geometry import box
-    from shapely.ops import transform
 
-    to_utm = Transformer.from_crs(4326, epsg, always_xy=True).transform
-    to_geo = Transformer.from_crs(epsg, 4326, always_xy=True).transform
-    x, y = to_utm(point.centroid.x, point.centroid.y)
-    square = box(x - half_width_m, y - half_width_m, x + half_width_m, y + half_width_m)
-    return transform(to_geo, square)
+    from eo_jepa.chips.grid import reproject_geometry
+
+    c = reproject_geometry(point.centroid, 4326, epsg)
+    square = box(c.x - half_width_m, c.y - half_width_m, c.x + half_width_m, c.y + half_width_m)
+    return reproject_geometry(square.segmentize(half_width_m / 4), epsg, 4326)

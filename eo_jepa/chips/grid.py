@@ -18,6 +18,15 @@ from typing import Any
 from eo_jepa.chips.aois import Aoi
 
 
+def reproject_geometry(geom: Any, src_epsg: int, dst_epsg: int) -> Any:
+    """A shapely geometry transformed between two CRSs (x = easting/longitude first)."""
+    import shapely
+    from pyproj import Transformer
+
+    fn = Transformer.from_crs(src_epsg, dst_epsg, always_xy=True).transform
+    return shapely.transform(geom, lambda x, y: fn(x, y), interleaved=False)
+
+
 def utm_epsg(lon: float, lat: float) -> int:
     """EPSG code of the WGS84 UTM zone holding (lon, lat): 326zz north, 327zz south."""
     zone = min(max(math.floor((lon + 180.0) / 6.0) + 1, 1), 60)
@@ -68,9 +77,7 @@ def plan_locations(aois: Sequence[Aoi], chip_size: int, gsd_m: float) -> list[Lo
 
     A cell claimed by an earlier AOI is not repeated for a later one.
     """
-    from pyproj import Transformer
     from shapely.geometry import box
-    from shapely.ops import transform
 
     span = chip_size * gsd_m
     seen: set[str] = set()
@@ -78,9 +85,7 @@ def plan_locations(aois: Sequence[Aoi], chip_size: int, gsd_m: float) -> list[Lo
     for aoi in aois:
         centroid = aoi.geometry.centroid
         epsg = utm_epsg(centroid.x, centroid.y)
-        to_utm = Transformer.from_crs(4326, epsg, always_xy=True).transform
-        to_geo = Transformer.from_crs(epsg, 4326, always_xy=True).transform
-        geom = transform(to_utm, aoi.geometry)
+        geom = reproject_geometry(aoi.geometry, 4326, epsg)
         minx, miny, maxx, maxy = geom.bounds
         ix0, ix1 = math.floor(minx / span), math.ceil(maxx / span)
         iy0, iy1 = math.floor(miny / span), math.ceil(maxy / span)
@@ -107,7 +112,7 @@ def plan_locations(aois: Sequence[Aoi], chip_size: int, gsd_m: float) -> list[Lo
                         y0=float(y0),
                         gsd=float(gsd_m),
                         size=int(chip_size),
-                        footprint=transform(to_geo, cell.segmentize(span / 8)),
+                        footprint=reproject_geometry(cell.segmentize(span / 8), epsg, 4326),
                     )
                 )
     return out
