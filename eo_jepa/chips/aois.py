@@ -28,8 +28,14 @@ class Aoi:
 
 
 def _date(value: Any, where: str) -> str:
-    if hasattr(value, "isoformat"):
-        value = value.isoformat()
+    """ISO date ('2023-06-30') or UTC datetime ('2023-06-30T10:00:00Z'); vector readers may parse dates."""
+    if isinstance(value, dt.datetime):  # includes pandas.Timestamp
+        if value.tzinfo is None and value.time() == dt.time(0):
+            return value.date().isoformat()
+        value = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
     text = str(value).strip()
     try:
         dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
