@@ -190,32 +190,33 @@ class _FusedSIGReg(torch.autograd.Function):
         v, n_local, k = x.shape
         num_knots = phi.shape[0]
         cdtype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
-        acc = torch.float64  # the (V, K, T) sums are tiny: accumulate them in float64
-        # sums[v, 0] = Σ_n cos(t_j x), sums[v, 1] = Σ_n sin(t_j x), laid out (V, 2, T, K)
-        sums = torch.zeros(v, 2, num_knots, k, dtype=acc, device=x.device)
-        sums[:, 0, 0] = float(n_local)  # t_0 = 0: cos = 1, sin = 0
-        step = _chunk_rows(k)
+        # ecf[v, j, k] = Σ_n exp(i t_j x_vnk), accumulated over chunks in complex128 (it is tiny)
+        ecf = torch.zeros(v, num_knots, k, dtype=torch.complex128, device=x.device)
+        ecf[:, 0] = float(n_local)  # t_0 = 0: cos = 1, sin = 0
+        rows = _chunk_rows(k)
+        part = torch.empty(num_knots - 1, k, dtype=cdtype, device=x.device)
         with torch.no_grad():
             for vi in range(v):
-                for start in range(0, n_local, step):
-                    theta = x[vi, start : start + step] * dt
+                for start in range(0, n_local, rows):
+                    theta = x[vi, start : start + rows] * dt
                     base = torch.polar(torch.ones_like(theta), theta)  # exp(i Δt x)
                     power = base.clone()
                     for j in range(1, num_knots):
                         if j > 1:
-                            power.mul_(base)  # exp(i j Δt x)
-                        part = torch.view_as_real(power.sum(dim=0))  # (K, 2)
-                        sums[vi, :, j] += part.T.to(acc)
-            n = torch.tensor(float(n_local), dtype=acc, device=x.device)
-            if reduce:
+                            power.mul_(base)  # exp(i j Δt x): angle addition, no cos/sin
+                        torch.sum(power, dim=0, out=part[j - 1])
+                    ecf[vi, 1:] += part
+            sums = torch.view_as_real(ecf)  # (V, T, K, 2) float64: cos sums, sin sums
+            n = torch.tensor(float(n_local), dtype=torch.float64, device=x.device)
+            if reduce:  # global ECF: SUM over ranks, divide by the global N below
                 packed = torch.cat([sums.flatten(), n.reshape(1)])
                 dist.all_reduce(packed, op=dist.ReduceOp.SUM)
                 sums = packed[:-1].view_as(sums)
                 n = packed[-1]
             _check_count(int(n.item()), x.shape)
-            phi64, w64 = phi.to(acc), w.to(acc)
-            cos_mean = sums[:, 0].transpose(1, 2) / n  # (V, K, T)
-            sin_mean = sums[:, 1].transpose(1, 2) / n
+            phi64, w64 = phi.to(torch.float64), w.to(torch.float64)
+            cos_mean = sums[..., 0].transpose(1, 2) / n  # (V, K, T)
+            sin_mean = sums[..., 1].transpose(1, 2) / n
             value = _statistic(cos_mean, sin_mean, n, phi64, w64)
         ctx.save_for_backward(x, cos_mean, sin_mean, phi64, w64)
         ctx.dt = dt
@@ -234,17 +235,17 @@ class _FusedSIGReg(torch.autograd.Function):
         beta = torch.complex(sin_mean * scale, (cos_mean - phi) * scale)  # (V, K, T)
         beta = beta.transpose(1, 2).to(ctx.cdtype).contiguous()  # (V, T, K)
         grad = torch.empty_like(x)
-        step = _chunk_rows(k)
+        rows = _chunk_rows(k)
         for vi in range(v):
-            for start in range(0, n_local, step):
-                theta = x[vi, start : start + step] * ctx.dt
+            for start in range(0, n_local, rows):
+                theta = x[vi, start : start + rows] * ctx.dt
                 base = torch.polar(torch.ones_like(theta), theta)
                 # Horner: Σ_{j=1}^{T-1} beta_j base^j = (((beta_{T-1} base + beta_{T-2}) base + ...) base
                 acc = beta[vi, num_knots - 1].expand_as(base).clone()
                 for j in range(num_knots - 2, 0, -1):
                     acc.mul_(base).add_(beta[vi, j])
                 acc.mul_(base)
-                grad[vi, start : start + step] = acc.real
+                grad[vi, start : start + rows] = acc.real
         return grad, None, None, None, None
 
 
