@@ -2,13 +2,51 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-from eo_jepa.utils.cli import add_placeholder
+from eo_jepa.utils.cli import EXTRA_ARGS
 
 
 def register(app: typer.Typer) -> None:
-    add_placeholder(app, "train", "Pretrain an encoder with LeJEPA (single process or torchrun).", 6)
-    add_placeholder(
-        app, "publish", "Export a training run as a checkpoint folder (optionally to the Hub).", 6
-    )
+    @app.command("train", context_settings=EXTRA_ARGS)
+    def train_cmd(
+        ctx: typer.Context,
+        config: Path = typer.Option(
+            ..., "--config", "-c", help="Training config YAML (configs/train/*.yaml)."
+        ),
+        data: Optional[Path] = typer.Option(
+            None, "--data", help="Chip store or raster folder (overrides data.path)."
+        ),
+        resume: bool = typer.Option(False, "--resume", help="Continue from runs/<name>/checkpoints/last.pt."),
+    ) -> None:
+        """Pretrain an encoder with LeJEPA; trailing key=value pairs override the config.
+
+        Multi-GPU / multi-node: torchrun --nproc-per-node 8 -m eo_jepa train --config ...
+        """
+        from eo_jepa.train.config import load_train_config
+        from eo_jepa.train.loop import train
+
+        cfg = load_train_config(config, list(ctx.args))
+        run_dir = train(cfg, data=data, resume=resume)
+        typer.echo(str(run_dir))
+
+    @app.command("publish")
+    def publish_cmd(
+        run_dir: Path = typer.Argument(..., help="A training run folder (runs/<name>)."),
+        out: Path = typer.Option(..., "--out", help="Output checkpoint folder."),
+        repo_id: Optional[str] = typer.Option(
+            None, "--repo-id", help="Also upload to this Hub repo (org/name)."
+        ),
+        private: bool = typer.Option(False, "--private", help="Create the Hub repo as private."),
+        fmt: str = typer.Option(
+            "ours", "--format", help="ours | legacy-pt (also writes the seed card's .pt)."
+        ),
+    ) -> None:
+        """Export a run's encoder (projector dropped) with bands, norm stats, config, provenance and card."""
+        from eo_jepa.train.publish import publish
+
+        result = publish(run_dir, out, repo_id=repo_id, private=private, fmt=fmt)
+        typer.echo(str(result))

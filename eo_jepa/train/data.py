@@ -1,0 +1,373 @@
+"""Training data: chip stores, folders of per-sample rasters, and the view-producing loader.
+
+Two sources give the same item shape (``pixels`` float32 (C, H, W) in raw sensor units,
+``valid`` bool (H, W), ``location_id``) plus ``bands``, ``norm_stats``, ``sensor`` and
+``locations()``:
+
+- a chip store (:class:`eo_jepa.chips.ChipDataset`), built by ``eo-jepa chips build``;
+- :class:`RasterFolderDataset`: a folder of per-sample GeoTIFF, NetCDF or Zarr files read with
+  rioxarray/xarray and a configurable band mapping, so external datasets (Core-Five, ...) are
+  used without conversion.
+
+Order and randomness are deterministic and independent of how the run is cut up:
+:class:`EpochBatchSampler` shards a seeded permutation per epoch across ranks
+(:class:`~torch.utils.data.DistributedSampler`, ``set_epoch``) and can start mid-epoch;
+:class:`ViewBatchDataset` turns a whole batch of indices into views inside a worker, drawing
+each chip's random choices from ``(seed, epoch, index)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from eo_jepa.bands import check_bands
+from eo_jepa.errors import BandMismatchError, ConfigError, DataError
+from eo_jepa.train.config import DataConfig, ViewsConfig
+from eo_jepa.train.views import MultiCropViews, stack_params
+
+log = logging.getLogger(__name__)
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".nc", ".zarr")
+
+
+# ---------------------------------------------------------------------------------------- sources
+class RasterFolderDataset(Dataset):
+    """Per-sample raster files (GeoTIFF / NetCDF / Zarr) as training chips.
+
+    Args:
+        root: the folder.
+        bands: canonical band names, in model order.
+        band_map: canonical band -> variable name (NetCDF/Zarr data variable) or 1-based band
+            index (GeoTIFF band, or position along the band axis of a single-variable NetCDF/Zarr).
+            Bands left out are looked up by name: GeoTIFF band descriptions, then data variables.
+        pattern: glob for the files below ``root``.
+        nodata: value marking invalid pixels (besides NaN and the file's own nodata).
+        norm_stats: band -> {"mean", "std"}; computed from ``stats_samples`` files when None.
+        sensor: :mod:`eo_jepa.bands` sensor name, if known.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        bands: Sequence[str],
+        *,
+        band_map: Mapping[str, str | int] | None = None,
+        pattern: str = "*",
+        nodata: float | None = None,
+        norm_stats: Mapping[str, Mapping[str, float]] | None = None,
+        stats_samples: int = 64,
+        sensor: str | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(
+                f"Raster folder {str(root)!r} does not exist; set data.path to a folder of rasters."
+            )
+        self.files = sorted(p for p in self.root.glob(pattern) if p.suffix.lower() in RASTER_SUFFIXES)
+        if not self.files:
+            raise DataError(
+                f"No .tif/.tiff/.nc/.zarr files match {pattern!r} in {str(root)!r}; check data.path and data.pattern."
+            )
+        if not bands:
+            raise ConfigError("data.bands must list the canonical band names for a raster_folder dataset.")
+        self.bands = tuple(bands)
+        self.band_map = dict(band_map or {})
+        unknown = sorted(set(self.band_map) - set(self.bands))
+        if unknown:
+            raise ConfigError(
+                f"data.band_map has bands {unknown} that are not in data.bands {list(self.bands)}."
+            )
+        self.nodata = nodata
+        self.sensor = sensor
+        self.labels: list[str | None] = [None] * len(self.files)
+        first = self._read(0)[0]
+        self.shape = first.shape[1:]
+        self.norm_stats = (
+            dict(norm_stats) if norm_stats is not None else self.compute_norm_stats(stats_samples)
+        )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def locations(self) -> dict[str, list[int]]:
+        """Each file is its own location (one date per place)."""
+        return {p.stem: [i] for i, p in enumerate(self.files)}
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        pixels, valid = self._read(i)
+        if pixels.shape[1:] != self.shape:
+            raise DataError(
+                f"{self.files[i].name} is {pixels.shape[1]}x{pixels.shape[2]} pixels but the first file is "
+                f"{self.shape[0]}x{self.shape[1]}; a raster folder needs one chip size (crop or tile the files)."
+            )
+        return {
+            "pixels": pixels,
+            "valid": valid,
+            "chip_id": self.files[i].stem,
+            "location_id": self.files[i].stem,
+            "label": None,
+            "row": i,
+        }
+
+    def compute_norm_stats(self, samples: int) -> dict[str, dict[str, float]]:
+        """Per-band mean/std over the valid pixels of up to ``samples`` evenly spaced files (float64)."""
+        picks = np.unique(np.linspace(0, len(self.files) - 1, num=min(samples, len(self.files))).astype(int))
+        total = np.zeros(len(self.bands))
+        sq = np.zeros(len(self.bands))
+        count = 0
+        for i in picks:
+            px, valid = self._read(int(i))
+            v = px[:, valid].astype(np.float64)
+            total += v.sum(axis=1)
+            sq += (v * v).sum(axis=1)
+            count += v.shape[1]
+        if count == 0:
+            raise DataError(f"No valid pixels in the sampled files of {str(self.root)!r}; check data.nodata.")
+        mean = total / count
+        std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
+        return {
+            b: {"count": int(count), "mean": float(m), "std": float(max(s, 1e-6))}
+            for b, m, s in zip(self.bands, mean, std, strict=True)
+        }
+
+    # -- reading
+    def _read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        path = self.files[i]
+        if path.suffix.lower() in (".tif", ".tiff"):
+            arrays, nodata = self._read_geotiff(path)
+        else:
+            arrays, nodata = self._read_xarray(path)
+        pixels = np.stack(arrays).astype(np.float32)
+        bad = np.isnan(pixels).any(axis=0)
+        for nd in (nodata, self.nodata):
+            if nd is not None and not (isinstance(nd, float) and np.isnan(nd)):
+                bad |= (pixels == nd).all(axis=0)
+        return np.nan_to_num(pixels, nan=0.0), ~bad
+
+    def _read_geotiff(self, path: Path) -> tuple[list[np.ndarray], float | None]:
+        import rioxarray
+
+        with rioxarray.open_rasterio(path, masked=False, cache=False) as da:
+            data = da.values
+            names = [str(d).lower() if d else "" for d in (da.attrs.get("long_name") or ())]
+            if isinstance(da.attrs.get("long_name"), str):
+                names = [da.attrs["long_name"].lower()]
+            nodata = da.rio.nodata
+        out = []
+        for band in self.bands:
+            key = self.band_map.get(band, band)
+            if isinstance(key, int):
+                if not 1 <= key <= data.shape[0]:
+                    raise DataError(
+                        f"{path.name} has {data.shape[0]} bands; band_map {band}={key} is out of range."
+                    )
+                out.append(data[key - 1])
+            elif key.lower() in names:
+                out.append(data[names.index(key.lower())])
+            else:
+                raise BandMismatchError(
+                    f"{path.name} has no band described as {key!r} (descriptions: {names or 'none'}); map it with "
+                    f"data.band_map.{band}=<1-based band index>."
+                )
+        return out, None if nodata is None else float(nodata)
+
+    def _read_xarray(self, path: Path) -> tuple[list[np.ndarray], float | None]:
+        import xarray as xr
+
+        engine = "zarr" if path.suffix.lower() == ".zarr" else None
+        with xr.open_dataset(path, engine=engine, mask_and_scale=False) as ds:
+            names = list(ds.data_vars)
+            out = []
+            nodata = None
+            for band in self.bands:
+                key = self.band_map.get(band, band)
+                if isinstance(key, int):
+                    if len(names) != 1 or ds[names[0]].ndim != 3:
+                        raise BandMismatchError(
+                            f"{path.name}: an integer band_map ({band}={key}) needs one 3-D data variable, "
+                            f"found {names}; map bands to variable names instead."
+                        )
+                    var = ds[names[0]]
+                    if not 1 <= key <= var.shape[0]:
+                        raise DataError(
+                            f"{path.name} has {var.shape[0]} bands; band_map {band}={key} is out of range."
+                        )
+                    arr = var[key - 1]
+                elif key in ds.data_vars:
+                    arr = ds[key]
+                else:
+                    raise BandMismatchError(
+                        f"{path.name} has no variable {key!r} (variables: {names}); map it with "
+                        f"data.band_map.{band}=<variable name>."
+                    )
+                fill = arr.attrs.get("_FillValue", arr.encoding.get("_FillValue"))
+                nodata = float(fill) if fill is not None else nodata
+                out.append(np.asarray(arr.values))
+        return out, nodata
+
+
+def open_source(cfg: DataConfig, path: str | Path | None = None) -> Any:
+    """The dataset named by the config (chip store or raster folder), with bands checked."""
+    root = path or cfg.path
+    if root is None:
+        raise ConfigError("No training data: pass --data DIR or set data.path in the config.")
+    if cfg.kind == "chips":
+        from eo_jepa.chips.dataset import ChipDataset
+
+        ds = ChipDataset(root, split=cfg.split, bands=cfg.bands)
+        if cfg.bands is not None:
+            check_bands(ds.bands, cfg.bands, f"chip store {str(root)!r}")
+    else:
+        stats = None
+        if cfg.norm_stats:
+            blob = json.loads(Path(cfg.norm_stats).read_text())
+            stats = blob.get("bands", blob)
+        ds = RasterFolderDataset(
+            root,
+            cfg.bands or list(cfg.band_map),
+            band_map=cfg.band_map,
+            pattern=cfg.pattern,
+            nodata=cfg.nodata,
+            norm_stats=stats,
+            stats_samples=cfg.stats_samples,
+            sensor=cfg.sensor,
+        )
+    if len(ds) == 0:
+        raise DataError(f"Dataset {str(root)!r} has no usable samples for split {cfg.split!r}.")
+    return ds
+
+
+# ---------------------------------------------------------------------------------------- batching
+class EpochBatchSampler(Sampler):
+    """Yields ``(epoch, indices)`` batches of this rank's shard of a seeded per-epoch permutation.
+
+    Uses :class:`~torch.utils.data.DistributedSampler` (seed, ``set_epoch``, ``drop_last`` so
+    every rank takes the same number of steps). ``start`` skips the first batches of the epoch
+    (resume), so the data order never depends on where a run was interrupted.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        from torch.utils.data import DistributedSampler
+
+        self.inner = DistributedSampler(
+            range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
+        )
+        self.batch_size = batch_size
+        self.epoch = 0
+        self.start = 0
+        if len(self) == 0:
+            raise DataError(
+                f"{n} samples over {world_size} process(es) do not fill one batch of {batch_size}; "
+                "lower data.batch_size or add data."
+            )
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.start = start
+        self.inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, tuple[int, ...]]]:
+        idx = list(self.inner)
+        for b in range(self.start, len(self)):
+            yield self.epoch, tuple(idx[b * self.batch_size : (b + 1) * self.batch_size])
+
+
+class ViewBatchDataset(Dataset):
+    """Maps ``(epoch, indices)`` to a batch of views, built batch-wise inside a loader worker."""
+
+    def __init__(
+        self, source: Any, views: MultiCropViews, *, seed: int = 0, multi_date: bool = False
+    ) -> None:
+        self.source = source
+        self.views = views
+        self.seed = seed
+        self.multi_date = multi_date
+        self._locations: dict[int, list[int]] | None = None
+        if multi_date:
+            by_loc = source.locations()
+            self._locations = {i: members for members in by_loc.values() for i in members}
+            if all(len(m) == 1 for m in by_loc.values()):
+                log.warning("data.multi_date is on but every location has a single date; views use one date.")
+
+    def rng(self, epoch: int, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, index])
+
+    def __len__(self) -> int:  # not used by the sampler-driven loader
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, Sequence[int]]) -> dict[str, Any]:
+        epoch, indices = key
+        pixels, valid, params = [], [], []
+        for i in indices:
+            rng = self.rng(epoch, i)
+            rows = [i]
+            if self._locations is not None:
+                others = [j for j in self._locations.get(i, [i]) if j != i]
+                rows.append(int(others[rng.integers(len(others))]) if others else i)
+            items = [self.source[j] for j in rows]
+            pixels.append(np.stack([it["pixels"] for it in items]))
+            valid.append(np.stack([it["valid"] for it in items]))
+            h, w = pixels[-1].shape[-2:]
+            params.append(
+                self.views.sample_params(rng, h, w, num_dates=len(rows) if len(set(rows)) > 1 else 1)
+            )
+        px = torch.from_numpy(np.stack(pixels))
+        va = torch.from_numpy(np.stack(valid))
+        if max(int(p.date.max()) for p in params) == 0:  # no view uses a second date
+            px, va = px[:, :1], va[:, :1]
+        glob, loc = self.views.apply(px, va, stack_params(params))
+        out: dict[str, Any] = {"globals": glob, "indices": torch.tensor(list(indices))}
+        if loc is not None:
+            out["locals"] = loc
+        return out
+
+
+def build_views(
+    cfg: ViewsConfig, source: Any, norm_stats: Mapping[str, Mapping[str, float]]
+) -> MultiCropViews:
+    return MultiCropViews(cfg, source.bands, norm_stats, sensor=getattr(source, "sensor", None))
+
+
+def make_loader(
+    source: Any,
+    views: MultiCropViews,
+    cfg: DataConfig,
+    *,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> tuple[torch.utils.data.DataLoader, EpochBatchSampler]:
+    """A loader of view batches plus its sampler (call ``sampler.set_epoch(epoch, start)`` per epoch)."""
+    sampler = EpochBatchSampler(len(source), cfg.batch_size, rank=rank, world_size=world_size, seed=seed)
+    dataset = ViewBatchDataset(source, views, seed=seed, multi_date=cfg.multi_date)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if cfg.num_workers > 0 else None,
+        persistent_workers=False,
+    )
+    return loader, sampler

@@ -1,0 +1,178 @@
+"""``eo-jepa publish``: a training run -> an encoder checkpoint folder (optionally on the Hub).
+
+Only the encoder is exported (the projector is a training device, as in the paper); the
+folder is written by :func:`eo_jepa.models.save_encoder` with the normalisation the encoder was
+trained with, its bands, the resolved training config, provenance (data card id, run, steps,
+git commit, date, version) and a model card that embeds the loss curve. ``fmt="legacy-pt"``
+also writes ``model.pt`` in the ``{config, encoder_state, norm_stats}`` layout of the seed
+model card. ``repo_id`` uploads the folder with ``huggingface_hub.HfApi().upload_folder``
+(token from ``HF_TOKEN`` or the Hub's own login).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from eo_jepa.config import from_dict
+from eo_jepa.errors import CheckpointError, ConfigError, EOJepaError
+from eo_jepa.train.checkpointing import load_state
+from eo_jepa.train.config import TrainConfig
+from eo_jepa.train.loop import CHECKPOINT_DIR, LAST, LOSS_CURVE, METRICS, plot_loss_curve
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("ours", "legacy-pt")
+LEGACY_NAME = "model.pt"
+
+
+def load_run_encoder(
+    run_dir: str | Path, checkpoint: str = LAST
+) -> tuple[Any, TrainConfig, dict[str, Any], dict]:
+    """(encoder with the run's weights, config, data.json, training state) of a run folder."""
+    from eo_jepa.models import build_encoder
+
+    run = Path(run_dir)
+    ckpt = run / CHECKPOINT_DIR / checkpoint
+    if not ckpt.is_file():
+        raise CheckpointError(
+            f"{str(run)!r} has no {CHECKPOINT_DIR}/{checkpoint}; pass the folder of a training run (runs/<name>)."
+        )
+    state = load_state(ckpt)
+    cfg = from_dict(TrainConfig, state["config"])
+    data_json = run / "data.json"
+    if not data_json.is_file():
+        raise CheckpointError(f"{str(run)!r} has no data.json; it is not a complete eo-jepa training run.")
+    data = json.loads(data_json.read_text())
+    encoder = build_encoder(
+        cfg.model.arch,
+        data["bands"],
+        img_size=cfg.model.img_size,
+        norm_stats=data["model_norm_stats"],
+        input_scale=data.get("model_input_scale", 1.0),
+        sensor=data.get("sensor"),
+    )
+    prefix = "encoder.backbone."
+    weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    if not weights:
+        raise CheckpointError(f"{str(ckpt)!r} holds no encoder weights (keys {prefix}*).")
+    encoder.backbone.load_state_dict(weights, strict=True)
+    return encoder.eval(), cfg, data, state
+
+
+def _final_metrics(run: Path) -> dict[str, float]:
+    path = run / METRICS
+    if not path.is_file():
+        return {}
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    if not rows:
+        return {}
+    out = {k: rows[-1][k] for k in ("loss", "pred", "sigreg") if k in rows[-1]}
+    ranks = [r["effective_rank"] for r in rows if "effective_rank" in r]
+    if ranks:
+        out["effective_rank"] = ranks[-1]
+    return out
+
+
+def publish(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    repo_id: str | None = None,
+    private: bool = False,
+    fmt: str = "ours",
+    token: str | None = None,
+) -> Path:
+    """Export the run's encoder to ``out`` (and upload it to ``repo_id``); returns ``out``."""
+    from eo_jepa.models import save_encoder, save_legacy_pt
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"Unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
+    run = Path(run_dir)
+    encoder, cfg, data, state = load_run_encoder(run)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    curve = run / LOSS_CURVE
+    if not curve.is_file():
+        plot_loss_curve(run)
+    has_curve = curve.is_file()
+    if has_curve:
+        shutil.copyfile(curve, out / LOSS_CURVE)
+    metrics = _final_metrics(run)
+    steps = int(state["step"])
+    recipe = (
+        f"LeJEPA (Balestriero & LeCun 2025): (1 − λ)·prediction + λ·SIGReg with λ={cfg.loss.lam}, "
+        f"{cfg.loss.num_slices} slices; no teacher, no EMA, no stop-gradient. {cfg.views.num_global} global "
+        f"({cfg.views.global_size} px) + {cfg.views.num_local} local ({cfg.views.local_size} px) views. "
+        f"AdamW lr {cfg.optim.lr}, weight decay {cfg.optim.weight_decay}, warm-up + cosine to "
+        f"lr×{cfg.optim.final_lr_ratio}; {steps} steps of {cfg.data.batch_size}×{data.get('world_size', 1)}"
+        f"×{cfg.optim.grad_accum} chips; precision {data.get('precision')}; "
+        f"init: {cfg.model.init or 'from scratch'}."
+    )
+    sections = {
+        "Training": recipe,
+        "Training data": (
+            f"{data.get('num_samples')} samples from `{data.get('path')}` (split {data.get('split')}); "
+            f"data card: {data.get('data_card_id') or 'none'}."
+        ),
+    }
+    if has_curve:
+        sections["Loss curve"] = f"![LeJEPA loss curve]({LOSS_CURVE})"
+    save_encoder(
+        encoder,
+        out,
+        training_config=state["config"],
+        provenance={
+            "data_card_id": data.get("data_card_id"),
+            "data_card": data.get("data_card"),
+            "run": str(run.resolve()),
+            "steps": steps,
+            "epoch": int(state["epoch"]),
+            "source": cfg.model.init,
+        },
+        card_extra={
+            "title": f"{cfg.name}: LeJEPA {encoder.arch} ({', '.join(encoder.bands)})",
+            "description": (
+                f"A {encoder.arch} encoder pretrained with LeJEPA on {data.get('sensor') or 'EO'} chips; "
+                "the projector used in training is not included."
+            ),
+            "metrics": metrics,
+            "sections": sections,
+        },
+    )
+    if fmt == "legacy-pt":
+        save_legacy_pt(encoder, out / LEGACY_NAME)
+    log.info("Published %s (%d steps) to %s.", run, steps, out)
+    if repo_id:
+        upload(out, repo_id, private=private, token=token)
+    return out
+
+
+def upload(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+    """Create ``repo_id`` (if needed) and upload ``folder``; returns the commit URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import HfHubHTTPError
+
+    if "/" not in repo_id or repo_id.count("/") != 1:
+        raise ConfigError(f"--repo-id {repo_id!r} must look like org/name.")
+    token = token or os.environ.get("HF_TOKEN")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message="Upload eo-jepa encoder",
+        )
+    except HfHubHTTPError as exc:
+        raise EOJepaError(
+            f"Upload to {repo_id!r} failed ({exc.__class__.__name__}); check HF_TOKEN has write access to it."
+        ) from None
+    url = str(getattr(info, "commit_url", info))
+    log.info("Uploaded %s to %s.", folder, url)
+    return url
