@@ -1,14 +1,351 @@
-"""``eo-jepa eval``, ``embed``, ``viz`` and ``change``."""
+"""``eo-jepa eval knn|linear|health``, ``eo-jepa embed``, ``eo-jepa viz pca`` and ``eo-jepa change``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
 
-from eo_jepa.utils.cli import add_placeholder
+from eo_jepa.errors import ConfigError
+
+eval_app = typer.Typer(
+    help="Probe a frozen encoder: kNN, linear, few-shot, representation health.", no_args_is_help=True
+)
+viz_app = typer.Typer(help="Visualise dense features (PCA to RGB).", no_args_is_help=True)
+
+MODEL = typer.Option(..., "--model", "-m", help="Registry name, hf://org/repo@rev or a local checkpoint.")
+DATA = typer.Option(
+    ..., "--data", "-d", help="A chip store with labels, or an image folder (class sub-folders)."
+)
+BATCH = typer.Option(64, "--batch-size", help="Images per inference batch.")
+DEVICE = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu).")
+BF16 = typer.Option(False, "--bf16", help="bfloat16 autocast for inference.")
+SEEDS = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (few-shot draws and linear-probe init).")
+SHOTS = typer.Option("all,1,10", "--shots", help="Comma-separated: 'all' and/or samples per class.")
+SPLIT_FILE = typer.Option(
+    None, "--split-file", help="JSON {'train': [ids], 'test': [ids]} (overrides splits)."
+)
+SPLIT_SEED = typer.Option(0, "--split-seed", help="Seed of the stratified train/test split.")
+TEST_FRACTION = typer.Option(0.2, "--test-fraction", help="Test share of the stratified split.")
+RESPLIT = typer.Option(
+    False, "--resplit", help="Ignore a chip store's split column; split by class with the seed."
+)
+BANDS = typer.Option(
+    None, "--bands", help="Band names of unnamed GeoTIFFs in an image folder, e.g. red,green,blue."
+)
+OUT_JSON = typer.Option(None, "--out", help="Also write the results as JSON here.")
+RESIZE = typer.Option(
+    False,
+    "--resize",
+    help="Resize images to the model's img_size (default: native size, a multiple of the patch).",
+)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}.") from None
+
+
+def _shots(text: str) -> list[int | None]:
+    out: list[int | None] = []
+    for v in (v.strip() for v in text.split(",")):
+        if v in ("all", "full", ""):
+            if v:
+                out.append(None)
+        elif v.isdigit() and int(v) > 0:
+            out.append(int(v))
+        else:
+            raise ConfigError(f"--shots takes 'all' and positive integers, got {v!r}.")
+    return out
+
+
+def _load(model: str, device: str | None) -> Any:
+    import eo_jepa
+
+    return eo_jepa.load(model, device=device)
+
+
+def _probe(
+    method: str, model: str, data: str, opts: dict[str, Any], out: Path | None, **probe_kw: Any
+) -> None:
+    from eo_jepa.eval.datasets import open_labelled
+    from eo_jepa.eval.probe import evaluate
+    from eo_jepa.utils.io import atomic_write_json
+
+    labelled = open_labelled(
+        data,
+        bands=opts["bands"].split(",") if opts["bands"] else None,
+        split_file=opts["split_file"],
+        seed=opts["split_seed"],
+        test_fraction=opts["test_fraction"],
+        use_store_splits=not opts["resplit"],
+    )
+    encoder = _load(model, opts["device"])
+    results = evaluate(
+        encoder,
+        labelled,
+        methods=(method,),
+        shots=_shots(opts["shots"]),
+        seeds=_ints(opts["seeds"], "--seeds"),
+        batch_size=opts["batch_size"],
+        device=opts["device"],
+        bf16=opts["bf16"],
+        resize=opts["resize"],
+        **probe_kw,
+    )
+    typer.echo(
+        f"{model} on {data} ({labelled.source}, {len(labelled.classes)} classes, split: {labelled.split_source}, "
+        f"eval on '{labelled.eval_split}')"
+    )
+    for r in results:
+        typer.echo(r.summary())
+    if out is not None:
+        atomic_write_json(
+            out,
+            {
+                "model": model,
+                "data": str(data),
+                "classes": labelled.classes,
+                "split": labelled.split_source,
+                "results": [r.to_dict() for r in results],
+            },
+        )
+
+
+@eval_app.command("knn")
+def knn_cmd(
+    model: str = MODEL,
+    data: str = DATA,
+    k: int = typer.Option(20, "--k", help="Neighbours."),
+    temperature: float = typer.Option(0.07, "--temperature", help="Vote weight exp(cos/T)."),
+    shots: str = SHOTS,
+    seeds: str = SEEDS,
+    split_file: Path = SPLIT_FILE,
+    split_seed: int = SPLIT_SEED,
+    test_fraction: float = TEST_FRACTION,
+    resplit: bool = RESPLIT,
+    bands: str = BANDS,
+    batch_size: int = BATCH,
+    device: str = DEVICE,
+    bf16: bool = BF16,
+    resize: bool = RESIZE,
+    out: Path = OUT_JSON,
+) -> None:
+    """Weighted kNN (cosine, k=20, T=0.07) top-1 on frozen probe features; few-shot mean ± std over seeds."""
+    opts = dict(
+        shots=shots,
+        seeds=seeds,
+        split_file=split_file,
+        split_seed=split_seed,
+        test_fraction=test_fraction,
+        resplit=resplit,
+        bands=bands,
+        batch_size=batch_size,
+        device=device,
+        bf16=bf16,
+        resize=resize,
+    )
+    _probe("knn", model, data, opts, out, k=k, temperature=temperature)
+
+
+@eval_app.command("linear")
+def linear_cmd(
+    model: str = MODEL,
+    data: str = DATA,
+    epochs: int = typer.Option(100, "--epochs", help="Linear-probe epochs."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak AdamW learning rate (warm-up then cosine)."),
+    weight_decay: float = typer.Option(1e-6, "--weight-decay", help="AdamW weight decay."),
+    shots: str = SHOTS,
+    seeds: str = SEEDS,
+    split_file: Path = SPLIT_FILE,
+    split_seed: int = SPLIT_SEED,
+    test_fraction: float = TEST_FRACTION,
+    resplit: bool = RESPLIT,
+    bands: str = BANDS,
+    batch_size: int = BATCH,
+    device: str = DEVICE,
+    bf16: bool = BF16,
+    resize: bool = RESIZE,
+    out: Path = OUT_JSON,
+) -> None:
+    """Linear probe (LayerNorm + Linear, AdamW wd 1e-6, warm-up + cosine) top-1, mean ± std over seeds."""
+    from eo_jepa.eval.linear import LinearProbeConfig
+
+    opts = dict(
+        shots=shots,
+        seeds=seeds,
+        split_file=split_file,
+        split_seed=split_seed,
+        test_fraction=test_fraction,
+        resplit=resplit,
+        bands=bands,
+        batch_size=batch_size,
+        device=device,
+        bf16=bf16,
+        resize=resize,
+    )
+    cfg = LinearProbeConfig(epochs=epochs, lr=lr, weight_decay=weight_decay)
+    _probe("linear", model, data, opts, out, linear=cfg)
+
+
+@eval_app.command("health")
+def health_cmd(
+    model: str = MODEL,
+    data: str = typer.Option(
+        ..., "--data", "-d", help="A chip store (labels not needed) or an image folder."
+    ),
+    kind: str = typer.Option(
+        "global", "--features", help="global (the embedding) or probe (last-two-blocks)."
+    ),
+    limit: int = typer.Option(4096, "--limit", help="At most this many images (evenly spaced)."),
+    bands: str = BANDS,
+    batch_size: int = BATCH,
+    device: str = DEVICE,
+    bf16: bool = BF16,
+    out: Path = OUT_JSON,
+) -> None:
+    """Effective rank (RankMe) and the SIGReg statistic of the encoder's embeddings of a dataset."""
+    import numpy as np
+
+    from eo_jepa.eval.datasets import ImageFolderDataset
+    from eo_jepa.eval.features import extract_features
+    from eo_jepa.eval.health import representation_health
+    from eo_jepa.utils.io import atomic_write_json
+
+    if kind not in ("global", "probe"):
+        raise ConfigError(f"--features must be 'global' or 'probe', got {kind!r}.")
+    if (Path(data) / "dataset.json").is_file():
+        from eo_jepa.chips import ChipDataset
+
+        dataset: Any = ChipDataset(data)
+    else:
+        dataset = ImageFolderDataset(data, bands=bands.split(",") if bands else None)
+    n = len(dataset)
+    indices = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)) if n else []
+    encoder = _load(model, device)
+    feats = extract_features(
+        encoder,
+        dataset,
+        indices=indices,
+        kind=kind,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        device=device,
+        bf16=bf16,
+    )
+    report = {"model": model, "data": str(data), "features": kind, **representation_health(feats)}
+    for key, value in report.items():
+        typer.echo(f"{key:>20s}: {value}")
+    if out is not None:
+        atomic_write_json(out, report)
+
+
+def embed_cmd(
+    model: str = MODEL,
+    data: str = typer.Option(..., "--data", "-d", help="A chip store folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output GeoParquet file."),
+    kind: str = typer.Option(
+        "global", "--features", help="global (the embedding) or probe (last-two-blocks)."
+    ),
+    batch_size: int = BATCH,
+    device: str = DEVICE,
+    bf16: bool = BF16,
+) -> None:
+    """One row per chip: footprint geometry, chip_id, label, split and the embedding (GeoParquet)."""
+    from eo_jepa.eval.embed import embed_chips
+
+    if kind not in ("global", "probe"):
+        raise ConfigError(f"--features must be 'global' or 'probe', got {kind!r}.")
+    encoder = _load(model, device)
+    path = embed_chips(
+        encoder,
+        data,
+        out,
+        kind=kind,
+        batch_size=batch_size,
+        device=device,  # type: ignore[arg-type]
+        bf16=bf16,
+        model_name=model,
+    )
+    typer.echo(f"wrote {path}")
+
+
+@viz_app.command("pca")
+def pca_cmd(
+    model: str = MODEL,
+    input: str = typer.Option(..., "--input", "-i", help="A GeoTIFF, or a chip store as DIR or DIR:INDEX."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output PNG."),
+    geotiff: Path = typer.Option(
+        None, "--geotiff", help="PCA GeoTIFF path for raster input (default OUT.tif)."
+    ),
+    features: Path = typer.Option(None, "--features", help="Also write the full feature map as a GeoTIFF."),
+    window: int = typer.Option(
+        None, "--window", help="Sliding-window size in px (default: the model's img_size)."
+    ),
+    stride: int = typer.Option(
+        None, "--stride", help="Window step in px (default: the window; smaller averages)."
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", help="Windows per batch."),
+    device: str = DEVICE,
+    bf16: bool = BF16,
+) -> None:
+    """PCA→RGB of the dense feature map; on rasters also a georeferenced GeoTIFF on the patch grid."""
+    from eo_jepa.eval.pca import viz_pca
+
+    encoder = _load(model, device)
+    res = viz_pca(
+        encoder,
+        input,
+        out,
+        geotiff=geotiff,
+        features_tif=features,
+        window=window,
+        stride=stride,
+        batch_size=batch_size,
+        device=device,
+        bf16=bf16,
+    )
+    typer.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(res).items()}))
+
+
+def change_cmd(
+    model: str = MODEL,
+    before: Path = typer.Option(..., "--before", help="GeoTIFF of the first date."),
+    after: Path = typer.Option(..., "--after", help="GeoTIFF of the second date (same grid)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output GeoTIFF of per-patch cosine distance."),
+    png: Path = typer.Option(None, "--png", help="PNG preview path (default OUT.png)."),
+    window: int = typer.Option(
+        None, "--window", help="Sliding-window size in px (default: the model's img_size)."
+    ),
+    stride: int = typer.Option(None, "--stride", help="Window step in px."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Windows per batch."),
+    device: str = DEVICE,
+    bf16: bool = BF16,
+) -> None:
+    """Per-patch cosine distance between the features of two dates: GeoTIFF + PNG preview."""
+    from eo_jepa.eval.change import change_map
+
+    encoder = _load(model, device)
+    res = change_map(
+        encoder,
+        before,
+        after,
+        out,
+        png=png,
+        window=window,
+        stride=stride,
+        batch_size=batch_size,
+        device=device,
+        bf16=bf16,
+    )
+    typer.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(res).items()}))
 
 
 def register(app: typer.Typer) -> None:
-    add_placeholder(app, "eval", "Probe an encoder (kNN, linear, representation health).", 7, group=True)
-    add_placeholder(app, "embed", "Export one embedding per chip as GeoParquet.", 7)
-    add_placeholder(app, "viz", "Visualise dense features (PCA to RGB).", 7, group=True)
-    add_placeholder(app, "change", "Per-patch change map between two dates.", 7)
+    app.add_typer(eval_app, name="eval")
+    app.command("embed")(embed_cmd)
+    app.add_typer(viz_app, name="viz")
+    app.command("change")(change_cmd)

@@ -134,13 +134,18 @@ class ImageFolderDataset:
     def __getitem__(self, i: int) -> dict[str, Any]:
         pixels, names = read_image(self.paths[i])
         expected = len(self.bands) if self.bands is not None else None
-        if expected is not None and pixels.shape[0] != expected:
+        if expected is not None and names is None and pixels.shape[0] != expected:
             raise DataError(
                 f"Image {self.ids[i]!r} has {pixels.shape[0]} bands but the dataset has {expected} "
                 f"{list(self.bands or [])}; keep one band layout per dataset."
             )
-        if self.bands is not None and names is not None and names != self.bands and len(names) == expected:
-            pixels = pixels[[names.index(b) for b in self.bands]] if set(names) == set(self.bands) else pixels
+        if self.bands is not None and names is not None and names != self.bands:
+            if not set(self.bands) <= set(names):
+                raise DataError(
+                    f"Image {self.ids[i]!r} has bands {list(names)} but the dataset has {list(self.bands)}; "
+                    "keep one band layout per dataset."
+                )
+            pixels = pixels[[names.index(b) for b in self.bands]]
         return {"pixels": pixels, "label": self.labels[i], "chip_id": self.ids[i], "row": i}
 
 
@@ -274,25 +279,14 @@ def open_labelled(
             )
         dataset: Any = _Subset(store, keep)
         labels = [str(store.labels[k]) for k in keep]
-        index = store.index
-        ok = index[index["status"] == "ok"] if "status" in index.columns else index
-        ok = ok.sort_values("row") if "row" in ok.columns else ok
-        chip_ids = [str(store[int(k)]["chip_id"]) for k in keep] if "chip_id" not in ok.columns else None
-        if chip_ids is None:
-            all_ids = ok["chip_id"].astype(str).tolist()
-            chip_ids = (
-                [all_ids[k] for k in keep]
-                if len(all_ids) == len(store)
-                else [str(store[int(k)]["chip_id"]) for k in keep]
-            )
-        store_splits = ok["split"].astype(str).tolist() if "split" in ok.columns else []
+        chip_ids = store.index["chip_id"].astype(str).to_numpy()[keep].tolist()
+        store_splits = store.index["split"].astype(str).to_numpy()[keep]
         splits: dict[str, np.ndarray] | None = None
         split_source = "seeded"
         if split_file is not None:
             splits, split_source = read_split_file(split_file, chip_ids), "file"
-        elif use_store_splits and len(store_splits) == len(store):
-            per = np.asarray([store_splits[k] for k in keep])
-            candidate = {s: np.flatnonzero(per == s) for s in SPLITS}
+        elif use_store_splits:
+            candidate = {s: np.flatnonzero(store_splits == s) for s in SPLITS}
             if len(candidate["train"]) and (len(candidate["test"]) or len(candidate["val"])):
                 splits, split_source = candidate, "store"
         if splits is None:

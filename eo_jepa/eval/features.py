@@ -138,21 +138,23 @@ def extract_features(
     device: str | torch.device | None = None,
     bf16: bool = False,
     data_bands: Sequence[str] | None = None,
-    resize: bool = True,
+    resize: bool = False,
     desc: str = "features",
 ) -> np.ndarray:
     """Features of every item (``dataset[i]["pixels"]``, raw units (C,H,W)) as float32 (N, F).
 
     ``data_bands``: the dataset's band names (default ``dataset.bands``); the encoder's bands are
-    picked from them by name. Items whose size differs from ``encoder.img_size`` are resized
-    (bilinear, antialiased) when ``resize``.
+    picked from them by name. Images keep their native size (ViTs take any multiple of the patch
+    size, and resizing would change the ground sampling distance); they are resized to
+    ``encoder.img_size`` (bilinear, antialiased) when ``resize`` or when their size is not a
+    multiple of the patch size.
     """
     dev = resolve_device(device)
     encoder = encoder.eval().to(dev)
     if data_bands is None:
         data_bands = getattr(dataset, "bands", None)
     band_index = band_selection(encoder.bands, data_bands)
-    size = int(encoder.img_size) if resize and getattr(encoder, "img_size", None) else None
+    patch = int(encoder.patch_size)
     order = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     out: list[np.ndarray] = []
     checked = data_bands is not None
@@ -161,6 +163,8 @@ def extract_features(
             if not checked:
                 check_channels(encoder.bands, raw.shape[1])
                 checked = True
+            ragged = raw.shape[-1] % patch or raw.shape[-2] % patch
+            size = int(encoder.img_size) if resize or ragged else None
             x = prepare(encoder, raw.to(dev), band_index=band_index, size=size)
             with autocast(dev, bf16):
                 feats = _features(encoder, x, kind)

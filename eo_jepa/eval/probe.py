@@ -109,6 +109,7 @@ def evaluate(
     batch_size: int = 64,
     device: str | None = None,
     bf16: bool = False,
+    resize: bool = False,
 ) -> list[ProbeResult]:
     """Extract probe features of the train and evaluation splits once, then run every probe."""
     from eo_jepa.eval.features import extract_features
@@ -121,7 +122,9 @@ def evaluate(
         raise DataError(
             "The dataset split has an empty train or test part; add labelled samples or a split file."
         )
-    common = dict(kind="probe", batch_size=batch_size, device=device, bf16=bf16, data_bands=data.bands)
+    common = dict(
+        kind="probe", batch_size=batch_size, device=device, bf16=bf16, data_bands=data.bands, resize=resize
+    )
     train_x = extract_features(encoder, data.dataset, indices=train_idx, desc="train features", **common)
     test_x = extract_features(encoder, data.dataset, indices=test_idx, desc="test features", **common)
     train_labels = [data.labels[i] for i in train_idx]
