@@ -80,7 +80,6 @@ def write_scene(
     import rasterio
     from rasterio.transform import from_origin
 
-    rng = np.random.default_rng(seed)
     img = np.zeros((5, height, width), np.float32)
     block = 32
     for r in range(0, height, block):
