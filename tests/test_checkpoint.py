@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pickle
+import time
 from pathlib import Path
 
 import pytest
@@ -79,14 +80,34 @@ def test_config_json_contents(tmp_path, encoder):
     assert "| 3 | nir | 832.8 | 10 | 903 | 403 |" in card and "card-1" in card
 
 
-def test_tampered_weights_fail_sha256(tmp_path, encoder):
+@pytest.fixture(autouse=True)
+def _own_verify_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EO_JEPA_CACHE", str(tmp_path / "eo-jepa-cache"))
+
+
+def test_tampered_weights_fail_sha256(tmp_path, encoder, monkeypatch):
+    from eo_jepa.models import checkpoint
+
     folder = save_encoder(encoder, tmp_path / "m")
     weights = folder / "model.safetensors"
+    calls = []
+    monkeypatch.setattr(
+        checkpoint,
+        "sha256_file",
+        lambda p: calls.append(p) or hashlib.sha256(Path(p).read_bytes()).hexdigest(),
+    )
+    load_encoder(folder)
+    load_encoder(folder)
+    assert len(calls) == 1  # the unchanged file was hashed once, then recognised by its stamp
+    time.sleep(0.01)
     data = bytearray(weights.read_bytes())
     data[-100] ^= 0x01  # one bit of one weight
     weights.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"sha256 .* but config.json records .*re-download or re-export"):
+    with pytest.raises(
+        CheckpointError, match=r"sha256 .* but config.json records .*re-download or re-export"
+    ):
         load_encoder(folder)
+    assert len(calls) == 2  # the modified file was hashed again despite the earlier stamp
 
 
 def test_bad_folders(tmp_path, encoder):

@@ -10,7 +10,12 @@ model/
 ```
 
 Writes are atomic and ``config.json`` is written last, so a folder with a ``config.json`` is
-complete. Loading recomputes the weights' sha256 and refuses a mismatch. Weights load onto a
+complete. Loading recomputes the weights' sha256 and refuses a mismatch. Hashing 1.2 GB takes
+seconds, so after a successful check the file's stamp (real path, inode, size, mtime, ctime) is
+recorded under ``$EO_JEPA_CACHE/verified/`` and later loads of the *unchanged* file skip the hash,
+as git's index does; any write to the file changes its ctime and forces a new hash. (This guards
+against corruption and accidental or third-party modification of a download, not against someone
+who can also rewrite config.json and the stamp.) Weights load onto a
 model whose parameters live on the meta device (``load_state_dict(assign=True)``), so peak memory
 is one copy of the weights.
 """
@@ -163,13 +168,39 @@ def verify_weights(root: Path, config: dict[str, Any]) -> Path:
         raise CheckpointError(
             f"{root / CONFIG_NAME} records no weights_sha256; the checkpoint cannot be verified."
         )
+    stamp = _file_stamp(weights)
+    record = verified_dir() / f"{expected}.json"
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(record.read_text()) == stamp:
+            return weights  # this exact file (same inode, size, mtime and ctime) was hashed before
     actual = sha256_file(weights)
     if actual != expected:
         raise CheckpointError(
             f"{weights} has sha256 {actual[:12]}… but config.json records {expected[:12]}…; the weights are "
             "corrupt or were modified: re-download or re-export the checkpoint."
         )
+    with contextlib.suppress(OSError):
+        atomic_write_json(record, stamp)
     return weights
+
+
+def verified_dir() -> Path:
+    """Where verified-file stamps live: ``$EO_JEPA_CACHE/verified`` (default ``~/.cache/eo-jepa``)."""
+    base = os.environ.get("EO_JEPA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "eo-jepa")
+    return Path(base) / "verified"
+
+
+def _file_stamp(path: Path) -> dict[str, Any]:
+    """What changes whenever a file's bytes change (as git's index uses): any write bumps ctime."""
+    st = os.stat(path)
+    return {
+        "path": os.path.realpath(path),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "inode": st.st_ino,
+        "device": st.st_dev,
+    }
 
 
 def load_encoder(path: str | os.PathLike[str], *, device: Any = None, verify: bool = True) -> Any:
