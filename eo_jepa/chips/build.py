@@ -2,8 +2,8 @@
 
 Work is planned once (``.build/plan.json``: config, AOIs, the items found, every location with its
 candidate scenes and pre-assigned Zarr rows), then split into tasks of ``task_size`` locations. A task
-writes only its own chunks, fsyncs them, then writes its partial histogram and, last, its journal
-entry ``.build/partials/task-NNNNNN.json`` (index rows, skipped items), each atomically. ``--resume``
+writes only its own chunks and fsyncs them, then atomically writes its journal entry
+``.build/partials/task-NNNNNN.json`` (index rows, skipped items, sparse partial histograms). ``--resume``
 reloads the plan and runs the tasks without a journal entry; a task killed halfway simply rewrites
 its chunks. The index, stats, card and ``dataset.json`` are assembled from the partials in plan order
 and written atomically at the end, so an interrupted-and-resumed build equals an uninterrupted one.
@@ -28,7 +28,7 @@ from eo_jepa._version import __version__
 from eo_jepa.chips.aois import Aoi, load_aois
 from eo_jepa.chips.config import ChipConfig
 from eo_jepa.chips.grid import Location, plan_locations
-from eo_jepa.chips.read import ChipRead, ReadError, SourceCache, gdal_env, read_chip
+from eo_jepa.chips.read import ChipRead, ReadError, SourceCache, close_cached_datasets, gdal_env, read_chip
 from eo_jepa.chips.stats import BandHistograms
 from eo_jepa.chips.store import (
     BUILD_DIR,
@@ -170,9 +170,8 @@ def _tasks(plan: dict[str, Any]) -> list[list[int]]:
     return [list(range(s, min(s + size, n))) for s in range(0, n, size)]
 
 
-def _partial_paths(root: Path, task_id: int) -> tuple[Path, Path]:
-    base = root / BUILD_DIR / PARTIALS / f"task-{task_id:06d}"
-    return base.with_suffix(".json"), base.with_suffix(".npz")
+def _journal_path(root: Path, task_id: int) -> Path:
+    return root / BUILD_DIR / PARTIALS / f"task-{task_id:06d}.json"
 
 
 # --------------------------------------------------------------------------- one task (runs anywhere)
@@ -216,7 +215,7 @@ def _choose(
             chosen.append(probe)
             continue
         try:
-            chosen.append(read_chip(items[key[-1]], loc, cfg, cache))
+            chosen.append(read_chip(items[key[-1]], loc, cfg, cache, probe=probe))
         except ReadError as exc:
             skipped.setdefault(key[-1], str(exc))
     return chosen
@@ -232,7 +231,6 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     hist = BandHistograms(bands, cfg.sensor_info.dtype)
     records: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
-    written: list[int] = []
     sign = partial(sign_href, timeout_s=cfg.stac.sign_timeout_s) if cfg.stac.sign == "auto" else None
     dpl = cfg.dates_per_location
     with gdal_env():
@@ -259,7 +257,6 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
                         if reason is None:
                             writer.write(row, chip.pixels, chip.valid)
                             hist.update(chip.pixels, chip.valid)
-                            written.append(row)
                             rec.update(row=row, status="ok", reason=None)
                         else:
                             rec.update(reason=reason)
@@ -272,10 +269,9 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
                     records.append(rec)
         finally:
             cache.close()
-    writer.sync(written)
-    journal, hist_path = _partial_paths(root, spec["task_id"])
-    hist.save(hist_path)
-    atomic_write_json(journal, {"task_id": spec["task_id"], "records": records, "skipped": skipped})
+            writer.close()  # chunks on disk (fsynced) before the partial and the journal entry
+    entry = {"task_id": spec["task_id"], "records": records, "skipped": skipped, "stats": hist.to_sparse()}
+    atomic_write_json(_journal_path(root, spec["task_id"]), entry, indent=None)
     return {
         "task_id": spec["task_id"],
         "chips": len(records),
@@ -416,7 +412,7 @@ def build_chips(
 
     tasks = _tasks(plan)
     dpl = plan["config"]["dates_per_location"]
-    pending = [t for t, _ in enumerate(tasks) if not _partial_paths(root, t)[0].is_file()]
+    pending = [t for t, _ in enumerate(tasks) if not _journal_path(root, t).is_file()]
     done_chips = sum(len(m) for t, m in enumerate(tasks) if t not in set(pending)) * dpl
     total = len(plan["locations"]) * dpl
     specs = [_task_spec(root, plan, t, tasks[t], fsync) for t in pending]
@@ -437,6 +433,7 @@ def build_chips(
 
         _execute(specs, workers=workers or 1, scheduler=scheduler, executor=cfg.executor, on_done=on_done)
 
+    close_cached_datasets()
     report = finalize(root, plan, card_dir=card_dir)
     report.tasks, report.tasks_run, report.tasks_resumed = len(tasks), len(pending), len(tasks) - len(pending)
     report.seconds = time.perf_counter() - t0
@@ -458,7 +455,7 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
     records: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     for task_id in range(len(_tasks(plan))):
-        journal, hist_path = _partial_paths(root, task_id)
+        journal = _journal_path(root, task_id)
         if not journal.is_file():
             raise DataError(
                 f"Task {task_id} of {str(root)!r} has not finished; rerun the build with --resume."
@@ -467,7 +464,7 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
         records.extend(part["records"])
         for k, v in part["skipped"].items():
             skipped.setdefault(k, v)
-        hist.merge(BandHistograms.load(hist_path))
+        hist.merge(BandHistograms.from_sparse(part["stats"]))
 
     frame = pd.DataFrame.from_records(records)
     frame["datetime"] = pd.to_datetime(frame["datetime"], utc=True, format="ISO8601")

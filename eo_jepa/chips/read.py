@@ -11,6 +11,10 @@ is the chip itself, so it too reads only the source blocks under the chip. Whole
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,12 +56,48 @@ def gdal_env(**extra: Any) -> Any:
     return rasterio.Env(**{**GDAL_ENV, **extra})
 
 
+_HANDLES = threading.local()  # per-thread LRU of open datasets, reused across tasks
+MAX_OPEN = 256
+HANDLE_TTL_S = 600.0  # well inside a Planetary Computer SAS token's lifetime (~45 min)
+
+
+def _handles() -> OrderedDict[str, tuple[Any, float, tuple[int, int] | None]]:
+    cache = getattr(_HANDLES, "cache", None)
+    if cache is None:
+        cache = _HANDLES.cache = OrderedDict()
+    return cache
+
+
+def _file_stamp(href: str) -> tuple[int, int] | None:
+    """(mtime, size) of a local file, to notice a file replaced since it was opened; None for URLs."""
+    if "://" in href:
+        return None
+    try:
+        st = os.stat(href)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+def close_cached_datasets() -> None:
+    """Close this thread's reusable open datasets."""
+    cache = _handles()
+    while cache:
+        cache.popitem(last=False)[1][0].close()
+
+
 class SourceCache:
-    """Open datasets of one task, by href; remembers hrefs that failed so they are tried once."""
+    """Open datasets by href for one task; remembers hrefs that failed so they are tried once.
+
+    Handles are kept in a small per-thread LRU across tasks (opening a COG costs a header read, over
+    HTTP a round trip), re-opened after ``HANDLE_TTL_S`` (signed URLs expire) or when a local file
+    changed. ``sign`` is applied to an href right before it is opened.
+    """
 
     def __init__(self, sign: Callable[[str], str] | None = None) -> None:
         self._sign = sign or (lambda href: href)
-        self._open: dict[str, Any] = {}
+        self._open = _handles()
+        self._checked: set[str] = set()
         self.failed: dict[str, str] = {}
 
     def open(self, href: str) -> Any:
@@ -66,26 +106,37 @@ class SourceCache:
 
         if href in self.failed:
             raise ReadError(self.failed[href])
-        ds = self._open.get(href)
-        if ds is None:
+        entry = self._open.get(href)
+        if entry is not None and href not in self._checked:
+            self._checked.add(href)
+            if time.monotonic() - entry[1] > HANDLE_TTL_S or _file_stamp(href) != entry[2]:
+                self._drop(href)
+                entry = None
+        if entry is None:
             try:
                 ds = rasterio.open(self._sign(href))
             except (RasterioError, OSError) as exc:
                 self.failed[href] = f"cannot open {href}: {exc}"
                 raise ReadError(self.failed[href]) from None
-            self._open[href] = ds
-        return ds
+            entry = self._open[href] = (ds, time.monotonic(), _file_stamp(href))
+            self._checked.add(href)
+            while len(self._open) > MAX_OPEN:
+                self._open.popitem(last=False)[1][0].close()
+        self._open.move_to_end(href)
+        return entry[0]
+
+    def _drop(self, href: str) -> None:
+        entry = self._open.pop(href, None)
+        if entry is not None:
+            entry[0].close()
 
     def fail(self, href: str, message: str) -> None:
         self.failed[href] = message
-        ds = self._open.pop(href, None)
-        if ds is not None:
-            ds.close()
+        self._drop(href)
 
     def close(self) -> None:
-        for ds in self._open.values():
-            ds.close()
-        self._open.clear()
+        """End of task: failed handles are gone already; good ones stay for the next task."""
+        self._checked.clear()
 
 
 def _as_int(value: float) -> int | None:
@@ -167,6 +218,7 @@ class ChipRead:
     nodata_fraction: float
     hrefs: list[str]
     offset: int
+    mask: tuple[np.ndarray, np.ndarray] | None = None  # (no data, cloud) from the quality mask, for reuse
 
     @property
     def masked_fraction(self) -> float:
@@ -184,19 +236,25 @@ def _asset_groups(sensor: Sensor, bands: list[str], provider: str) -> list[tuple
 
 
 def read_chip(
-    item: ItemInfo, loc: Location, cfg: ChipConfig, cache: SourceCache, *, mask_only: bool = False
+    item: ItemInfo,
+    loc: Location,
+    cfg: ChipConfig,
+    cache: SourceCache,
+    *,
+    mask_only: bool = False,
+    probe: ChipRead | None = None,
 ) -> ChipRead:
     """Read (and mask, harmonise) one chip of ``loc`` from ``item``; ReadError if an asset fails.
 
     ``mask_only``: read just the quality mask (S2 SCL) to score the scene; sensors without a mask are
-    read in full.
+    read in full. ``probe``: an earlier mask-only read of the same chip whose mask is reused.
     """
     from rasterio.errors import RasterioError
 
     sensor = cfg.sensor_info
     provider = cfg.stac.provider
     size = loc.size
-    hrefs: list[str] = []
+    hrefs: list[str] = list(probe.hrefs) if probe is not None and probe.mask is not None else []
 
     def asset_href(key: str) -> str:
         asset = item.assets.get(key)
@@ -218,11 +276,16 @@ def read_chip(
     nodata = np.zeros((size, size), dtype=bool)
     cloud = np.zeros((size, size), dtype=bool)
     mask_key = sensor.mask_asset.get(provider)
-    if mask_key is not None:
+    mask = None
+    if probe is not None and probe.mask is not None:
+        mask = probe.mask
+    elif mask_key is not None:
         (scl,), covered = read(mask_key, [1], "nearest")
         # SCL class 0 is "no data" whatever mask_classes says; the other listed classes are "cloud".
-        nodata |= ~covered | (scl == 0)
-        cloud = np.isin(scl, [c for c in cfg.mask_classes if c != 0])
+        mask = (~covered | (scl == 0), np.isin(scl, [c for c in cfg.mask_classes if c != 0]))
+    if mask is not None:
+        nodata |= mask[0]
+        cloud |= mask[1]
     pixels = None
     offset = 0
     if not (mask_only and mask_key is not None):
@@ -252,4 +315,5 @@ def read_chip(
         nodata_fraction=float(nodata.sum()) / n,
         hrefs=hrefs,
         offset=offset,
+        mask=mask,
     )

@@ -10,14 +10,10 @@ order statistics from the cumulative counts).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from eo_jepa.utils.io import atomic_write_bytes
 
 PERCENTILES = {"p1": 1.0, "p2": 2.0, "p98": 98.0, "p99": 99.0}
 
@@ -45,20 +41,20 @@ class BandHistograms:
         self.counts += other.counts
         return self
 
-    # Partials travel as compressed .npz (mostly zeros: a few kB per task).
-    def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, counts=self.counts, bands=np.array(self.bands), dtype=np.array(self.dtype))
-        return buf.getvalue()
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_bytes(path, self.to_bytes())
+    # Partials travel inside a task's JSON journal entry as sparse (value, count) lists: a few kB.
+    def to_sparse(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"bands": self.bands, "dtype": self.dtype, "hist": {}}
+        for i, band in enumerate(self.bands):
+            nz = np.flatnonzero(self.counts[i])
+            out["hist"][band] = [nz.tolist(), self.counts[i, nz].tolist()]
+        return out
 
     @classmethod
-    def load(cls, path: str | Path) -> BandHistograms:
-        with np.load(path, allow_pickle=False) as data:
-            out = cls([str(b) for b in data["bands"]], str(data["dtype"]))
-            out.counts[...] = data["counts"]
+    def from_sparse(cls, data: dict[str, Any]) -> BandHistograms:
+        out = cls(data["bands"], data["dtype"])
+        for i, band in enumerate(out.bands):
+            values, counts = data["hist"][band]
+            out.counts[i, np.asarray(values, dtype=np.int64)] = np.asarray(counts, dtype=np.int64)
         return out
 
     def summary(self, units: str = "") -> dict[str, Any]:

@@ -59,9 +59,15 @@ def create_arrays(root: Path, n: int, channels: int, size: int, dtype: str) -> N
 
 
 class ChipWriter:
-    """Writes whole chips into their pre-assigned rows (one chunk each)."""
+    """Writes whole chips into their pre-assigned rows (one chunk each).
+
+    Encoding, writing and fsync run on one background thread so they overlap the next reads;
+    :meth:`flush` waits for them (and re-raises any error) before a task journals itself.
+    """
 
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        import concurrent.futures as cf
+
         import zarr
 
         self.root = Path(root)
@@ -69,26 +75,41 @@ class ChipWriter:
         self.pixels: Any = group["pixels"]
         self.valid: Any = group["valid"]
         self.fsync = fsync
+        self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="chip-writer")
+        self._pending: list[cf.Future[None]] = []
 
     def write(self, row: int, pixels: np.ndarray, valid: np.ndarray) -> None:
+        self._pending.append(self._pool.submit(self._write, row, pixels, valid))
+
+    def _write(self, row: int, pixels: np.ndarray, valid: np.ndarray) -> None:
         self.pixels[row] = pixels
         self.valid[row] = valid
+        if self.fsync:
+            for name, suffix in (("pixels", "0/0/0"), ("valid", "0/0")):
+                _fsync(self.root / ZARR_NAME / name / "c" / str(row) / suffix)
 
-    def sync(self, rows: list[int]) -> None:
-        """fsync the chunk files of ``rows`` so the journal entry written next is truthful."""
-        if not self.fsync:
-            return
-        for name, suffix in (("pixels", "0/0/0"), ("valid", "0/0")):
-            for row in rows:
-                path = self.root / ZARR_NAME / name / "c" / str(row) / suffix
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except FileNotFoundError:
-                    continue  # an all-fill chunk is not stored
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+    def flush(self) -> None:
+        """Wait until every chip written so far is on disk (fsynced when ``fsync``)."""
+        try:
+            for fut in self._pending:
+                fut.result()
+        finally:
+            self._pending.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self._pool.shutdown(wait=True)
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # an all-fill chunk is not stored
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def open_arrays(root: Path) -> tuple[Any, Any]:
