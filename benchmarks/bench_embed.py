@@ -1,0 +1,132 @@
+"""Batch-embedding throughput of ``Encoder`` vs a bare timm forward of the same model (wrapper overhead).
+
+Variants, side by side in one run, for the same model, weights and batch on CPU:
+
+- ``timm``: the backbone's own ``forward`` on an already-normalised batch, under
+  ``torch.inference_mode`` (the floor).
+- ``encoder``: ``enc(enc.normalize(raw))`` — raw sensor units in, with band validation and
+  normalisation (what a user calls).
+- ``pipeline``: :func:`eo_jepa.eval.features.extract_features` over an in-memory dataset of raw
+  chips (item dicts → batches → band selection → normalise → embed → NumPy), i.e. what
+  ``eo-jepa embed`` and the probes run per batch.
+
+Models (random weights): ViT-S/8 5-band at 256 px and DINOv3 ViT-L/16 RGB at 224 px. Timing: one
+warm-up call per variant, then ``--rounds`` rounds in which every variant runs once (interleaved so
+machine noise hits all alike); the median per variant is reported. Target: overhead <= 5 %.
+
+    .venv/bin/python benchmarks/bench_embed.py [--batch 2] [--rounds 5] [--threads 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("EO_JEPA_NO_PROGRESS", "1")
+
+import numpy as np
+import torch
+
+S2_BANDS = ("red", "green", "blue", "nir", "swir16")
+RGB = ("red", "green", "blue")
+
+
+class RawChips:
+    """An in-memory dataset of raw chips with the item layout of ``ChipDataset``."""
+
+    def __init__(self, raw: np.ndarray, bands: tuple[str, ...]) -> None:
+        self.raw = raw
+        self.bands = bands
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        return {"pixels": self.raw[i], "chip_id": str(i), "label": None}
+
+
+def bench_model(arch: str, bands: tuple[str, ...], size: int, batch: int, rounds: int, scale: float) -> dict:
+    from eo_jepa.eval.features import extract_features
+    from eo_jepa.models import build_encoder
+
+    torch.manual_seed(0)
+    stats = {b: {"mean": scale * 0.12, "std": scale * 0.08} for b in bands}
+    enc = build_encoder(arch, bands, img_size=size, norm_stats=stats, input_scale=1.0).eval()
+    rng = np.random.default_rng(0)
+    raw = (rng.uniform(0.0, 0.4, (batch, len(bands), size, size)) * scale).astype(np.float32)
+    raw_t = torch.from_numpy(raw)
+    x = enc.normalize(raw_t)
+    data = RawChips(raw, bands)
+
+    def run_timm() -> torch.Tensor:
+        with torch.inference_mode():
+            return enc.backbone(x)
+
+    def run_encoder() -> torch.Tensor:
+        with torch.inference_mode():
+            return enc(enc.normalize(raw_t))
+
+    def run_pipeline() -> np.ndarray:
+        return extract_features(enc, data, kind="global", batch_size=batch)
+
+    variants = {"timm": run_timm, "encoder": run_encoder, "pipeline": run_pipeline}
+    outs = {name: fn() for name, fn in variants.items()}  # warm-up (and a correctness check)
+    ref = outs["timm"].float().numpy()
+    max_dev = max(float(np.abs(np.asarray(o, dtype=np.float32) - ref).max()) for o in outs.values())
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    row = {
+        "model": arch,
+        "bands": len(bands),
+        "img_size": size,
+        "batch": batch,
+        "params_m": round(sum(p.numel() for p in enc.parameters()) / 1e6, 1),
+        "max_abs_dev": max_dev,
+    }
+    for name, t in med.items():
+        row[f"{name}_img_s"] = round(batch / t, 3)
+    for name in ("encoder", "pipeline"):
+        row[f"{name}_overhead_pct"] = round(100 * (med[name] / med["timm"] - 1), 2)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="Small images (64/112 px) for a smoke run.")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cases = [
+        ("vit_small_patch8", S2_BANDS, 64 if args.quick else 256, 10000.0),
+        ("dinov3_vitl16", RGB, 112 if args.quick else 224, 255.0),
+    ]
+    rows = [
+        bench_model(arch, bands, size, args.batch, args.rounds, scale) for arch, bands, size, scale in cases
+    ]
+    head = (
+        f"{'model':18s} {'C':>2s} {'px':>4s} {'B':>2s} {'timm img/s':>11s} {'Encoder img/s':>14s} "
+        f"{'overhead':>9s} {'pipeline img/s':>15s} {'overhead':>9s}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r['model']:18s} {r['bands']:2d} {r['img_size']:4d} {r['batch']:2d} {r['timm_img_s']:11.3f} "
+            f"{r['encoder_img_s']:14.3f} {r['encoder_overhead_pct']:8.2f}% {r['pipeline_img_s']:15.3f} "
+            f"{r['pipeline_overhead_pct']:8.2f}%"
+        )
+    print(json.dumps({"bench": "embed", "threads": args.threads, "rounds": args.rounds, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
