@@ -18,7 +18,6 @@ All backbones accept any input whose sides are multiples of the patch size
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,17 +146,3 @@ def materialize_buffers(model: Any, device: Any = "cpu") -> None:
     leftovers = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftovers:  # a timm change we do not know about: fail loudly rather than run on garbage
         raise RuntimeError(f"tensors left on the meta device after loading: {leftovers[:5]}")
-
-
-@contextlib.contextmanager
-def no_grad_eval(model: Any) -> Iterator[None]:
-    """Run ``model`` in eval mode without gradients, restoring its training flag afterwards."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
