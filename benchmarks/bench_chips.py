@@ -106,7 +106,7 @@ def main() -> None:
         f"dates_per_location={args.dates}",
         "max_cloud_fraction=1.0",
         "max_nodata_fraction=1.0",
-        "task_size=4",
+        "task_size=16",
     ]
     cfg = load_config(
         ChipConfig, Path(__file__).resolve().parents[1] / "configs/chips/s2_5band_64_demo.yaml", overrides
