@@ -233,3 +233,21 @@ def test_missing_or_empty_folder(tmp_path):
     (tmp_path / "empty" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="No images found"):
         open_labelled(tmp_path / "empty")
+
+
+def test_band_names_of_unnamed_tifs_and_aliases(tmp_path):
+    """--bands names unnamed GeoTIFF bands; sensor labels (B04) resolve to canonical names."""
+    from eval_synthetic import write_scene
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        write_scene(tmp_path / cls / "x.tif", height=32, width=32, named=False)
+    assert open_labelled(tmp_path).bands is None
+    data = open_labelled(tmp_path, bands=["B02", "B03", "B04", "B08", "B11"])
+    assert data.bands == BANDS5
+    with pytest.raises(BandMismatchError, match="B99"):
+        open_labelled(tmp_path, bands=["B02", "B99"])
+    # unnamed bands with the wrong count for the model: a clear error
+    rgb = RandomProjectionEncoder(("red", "green", "blue"), img_size=32)
+    with pytest.raises(BandMismatchError, match="5 unnamed bands"):
+        extract_features(rgb, open_labelled(tmp_path).dataset)

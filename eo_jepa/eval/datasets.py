@@ -34,12 +34,6 @@ RGB_BANDS = ("red", "green", "blue")
 SPLITS = ("train", "val", "test")
 
 
-def _known_band_names() -> set[str]:
-    from eo_jepa.bands import SENSORS
-
-    return {b.name for s in SENSORS.values() for b in s.bands}
-
-
 def _canonical_band(description: str | None) -> str | None:
     """A band description as a canonical band name ('red', 'B04' → 'red'), or None."""
     if not description:
@@ -116,14 +110,9 @@ class ImageFolderDataset:
         self.classes = sorted(set(labels))
         self.ids = [p.relative_to(self.root).as_posix() for p in paths]
         if bands is not None:
-            unknown = [b for b in bands if b not in _known_band_names()]
-            if unknown:
-                from eo_jepa.errors import BandMismatchError
+            from eo_jepa.models.encoder import canonical_bands
 
-                raise BandMismatchError(
-                    f"Unknown band names {unknown}; use canonical names such as 'red', 'nir'."
-                )
-            self.bands: tuple[str, ...] | None = tuple(bands)
+            self.bands: tuple[str, ...] | None = canonical_bands(bands)
         else:
             self.bands = read_image(paths[0])[1]
         self.sensor = None

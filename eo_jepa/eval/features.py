@@ -92,18 +92,16 @@ def prepare(
 def probe_features(encoder: Any, x: torch.Tensor) -> torch.Tensor:
     """LeJEPA probe features of normalised input ``x``: (B, F).
 
-    Concatenated CLS of the last two blocks via ``encoder.forward_intermediate_cls(x, n=2)`` when
-    the encoder has a CLS token; the mean patch token of ``forward_features`` otherwise.
+    ``Encoder.forward_probe_features`` (concatenated CLS of the last two blocks, or their mean patch
+    tokens without a CLS token); for other modules ``forward_intermediate_cls(x, n=2)``, else the mean
+    patch token of ``forward_features``.
     """
+    probe = getattr(encoder, "forward_probe_features", None)
+    if probe is not None:
+        return probe(x)
     intermediate = getattr(encoder, "forward_intermediate_cls", None)
-    if intermediate is not None and getattr(encoder, "has_cls_token", True):
-        out = intermediate(x, n=2)
-        if out is not None:
-            if isinstance(out, (list, tuple)):
-                out = torch.cat([o.flatten(1) for o in out], dim=1)
-            elif out.ndim == 3:  # (n, B, D)
-                out = torch.cat(list(out), dim=1)
-            return out
+    if intermediate is not None:
+        return intermediate(x, n=2)
     return encoder.forward_features(x).mean(dim=(2, 3))
 
 
