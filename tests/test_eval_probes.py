@@ -251,3 +251,18 @@ def test_band_names_of_unnamed_tifs_and_aliases(tmp_path):
     rgb = RandomProjectionEncoder(("red", "green", "blue"), img_size=32)
     with pytest.raises(BandMismatchError, match="5 unnamed bands"):
         extract_features(rgb, open_labelled(tmp_path).dataset)
+
+
+def test_grouped_split_keeps_places_together():
+    rng = np.random.default_rng(0)
+    groups = [f"loc{g}" for g in rng.integers(0, 40, 200)]
+    labels = [f"c{int(g[3:]) % 4}" for g in groups]  # a place has one class
+    split = stratified_split(labels, test_fraction=0.25, seed=3, groups=groups)
+    train_groups = {groups[i] for i in split["train"]}
+    test_groups = {groups[i] for i in split["test"]}
+    assert not train_groups & test_groups
+    assert sorted(np.concatenate(list(split.values())).tolist()) == list(range(200))
+    assert {labels[i] for i in split["test"]} == {"c0", "c1", "c2", "c3"}
+    assert np.array_equal(
+        split["test"], stratified_split(labels, test_fraction=0.25, seed=3, groups=groups)["test"]
+    )

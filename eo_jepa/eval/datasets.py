@@ -139,13 +139,20 @@ class ImageFolderDataset:
 
 
 def stratified_split(
-    labels: Sequence[str], *, test_fraction: float = 0.2, val_fraction: float = 0.0, seed: int = 0
+    labels: Sequence[str],
+    *,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Seeded stratified split of positions ``0..N-1``: each class split in the same proportions.
 
     Classes are visited in sorted order and each gets its own permutation from one
     ``numpy.random.default_rng(seed)``, so the split depends only on labels and seed. A class with
-    at least 2 items keeps at least one in train and one in test.
+    at least 2 items keeps at least one in train and one in test. With ``groups`` (e.g. the chip
+    store's ``location_id``: the same place on several dates) whole groups are assigned, so no
+    place is in both train and test; a group belongs to the class of its first item.
     """
     if not 0 < test_fraction < 1 or not 0 <= val_fraction < 1 or test_fraction + val_fraction >= 1:
         raise DataError(
@@ -153,17 +160,24 @@ def stratified_split(
             "test + val < 1."
         )
     labels_arr = np.asarray(labels, dtype=object)
+    group_arr = np.asarray(groups if groups is not None else np.arange(len(labels_arr)), dtype=object)
+    members: dict[object, list[int]] = {}
+    for i, g in enumerate(group_arr.tolist()):
+        members.setdefault(g, []).append(i)
+    units = list(members)  # first-seen order
+    unit_label = np.asarray([labels_arr[members[u][0]] for u in units], dtype=object)
     rng = np.random.default_rng(seed)
     out: dict[str, list[int]] = {s: [] for s in SPLITS}
-    for cls in sorted(set(labels_arr.tolist())):
-        idx = np.flatnonzero(labels_arr == cls)
+    for cls in sorted(set(unit_label.tolist())):
+        idx = np.flatnonzero(unit_label == cls)
         idx = idx[rng.permutation(len(idx))]
         n = len(idx)
-        n_test = min(max(round(test_fraction * n), 1 if n >= 2 else 0), n - 1) if n >= 2 else 0
+        n_test = min(max(round(test_fraction * n), 1), n - 1) if n >= 2 else 0
         n_val = min(round(val_fraction * n), max(n - n_test - 1, 0))
-        out["test"] += idx[:n_test].tolist()
-        out["val"] += idx[n_test : n_test + n_val].tolist()
-        out["train"] += idx[n_test + n_val :].tolist()
+        parts = {"test": idx[:n_test], "val": idx[n_test : n_test + n_val], "train": idx[n_test + n_val :]}
+        for split, chosen in parts.items():
+            for u in chosen:
+                out[split] += members[units[u]]
     return {s: np.sort(np.asarray(v, dtype=np.int64)) for s, v in out.items()}
 
 
@@ -254,7 +268,8 @@ def open_labelled(
 
     Chip stores use their own ``split`` column when it has labelled train and test/val rows
     (unless ``use_store_splits`` is False); otherwise, and for image folders, a seeded stratified
-    split; a ``split_file`` overrides both.
+    split (for chip stores grouped by ``location_id``, so no place is in train and test on different
+    dates); a ``split_file`` overrides both.
     """
     path = Path(path)
     if (path / "dataset.json").is_file():
@@ -279,7 +294,8 @@ def open_labelled(
             if len(candidate["train"]) and (len(candidate["test"]) or len(candidate["val"])):
                 splits, split_source = candidate, "store"
         if splits is None:
-            splits = stratified_split(labels, test_fraction=test_fraction, seed=seed)
+            locations = store.index["location_id"].astype(str).to_numpy()[keep].tolist()
+            splits = stratified_split(labels, test_fraction=test_fraction, seed=seed, groups=locations)
         return LabelledData(
             dataset,
             labels,
