@@ -19,3 +19,33 @@ def _isolated_hf_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+# ---- Demo scenes and real loopback servers (eo_jepa.demo), generated once per test session ----
+
+
+@pytest.fixture(scope="session")
+def demo_scenes_tiny(tmp_path_factory):
+    """The 'tiny' demo scenes (1 tile, 4 dates, both sides of baseline 04.00, 20 AOIs): DemoScenes."""
+    from eo_jepa.demo.scenes import make_demo_scenes
+
+    return make_demo_scenes(tmp_path_factory.mktemp("demo_tiny"), seed=0, size="tiny")
+
+
+@pytest.fixture(scope="session")
+def cog_http_url(demo_scenes_tiny):
+    """Base URL of a Range-capable HTTP server on loopback serving ``demo_scenes_tiny.cog_dir``."""
+    from eo_jepa.demo.servers import range_http_server
+
+    with range_http_server(demo_scenes_tiny.cog_dir) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def stac_api_url(demo_scenes_tiny, cog_http_url):
+    """URL of a real STAC API (stac-fastapi-pgstac on PostgreSQL/PostGIS) holding the tiny scenes' items,
+    whose asset hrefs point at ``cog_http_url``. Fails (never skips) when PostgreSQL/PostGIS are missing."""
+    from eo_jepa.demo.servers import stac_api_server
+
+    with stac_api_server(demo_scenes_tiny.collection(), demo_scenes_tiny.items(cog_http_url)) as url:
+        yield url
