@@ -142,5 +142,9 @@ def test_config_errors_name_the_fix():
         load_config(ChipConfig, None, ["dates_per_location=9"])
     with pytest.raises(ConfigError, match=r"Unknown config key 'stac\.colection'"):
         load_config(ChipConfig, None, ["stac.colection=x"])
-    cfg = load_config(ChipConfig, None, ["bands=[B04, nir08]", "sensor=sentinel-2-l2a"])
-    assert cfg.band_names == ["red", "nir08"]
+    cfg = load_config(
+        ChipConfig, None, ["bands=[B04, nir08]", "sensor=sentinel-2-l2a", "aoi.start=2021-01-01"]
+    )
+    assert cfg.band_names == ["red", "nir08"] and cfg.aoi.start == "2021-01-01"  # YAML dates become ISO text
+    with pytest.raises(ConfigError, match=r"aoi\.end must be a date"):
+        load_config(ChipConfig, None, ["aoi.end=[1]"])

@@ -6,6 +6,7 @@ Loaded with :func:`eo_jepa.config.load_config`; unknown keys and bad choices rai
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,10 +46,19 @@ class AoiConfig:
     id_property: str = "aoi_id"
     label_property: str = "label"
     split_property: str = "split"
-    start: str = "2023-01-01"  # date range used when a feature has no start/end properties
-    end: str = "2023-12-31"
+    # Date range used when a feature has no start/end properties (YAML may hand over datetime.date).
+    start: str | datetime.date = "2023-01-01"
+    end: str | datetime.date = "2023-12-31"
     default_split: Split = "train"
     point_buffer_m: float = 1280.0  # half-width of the square around a point AOI
+
+    def __post_init__(self) -> None:
+        for key in ("start", "end"):
+            value = getattr(self, key)
+            if isinstance(value, datetime.date):
+                setattr(self, key, value.isoformat())
+            elif not isinstance(value, str):
+                raise ConfigError(f"aoi.{key} must be a date like 2023-06-30, got {value!r}.")
 
 
 @dataclass

@@ -1,0 +1,78 @@
+"""A NAIP-like multi-band uint8 asset in another CRS (NAD83 UTM): band indexes by name, WarpedVRT path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from pyproj import Transformer
+from shapely.geometry import Point, box, mapping
+
+from eo_jepa.chips import ChipDataset, build_chips
+from eo_jepa.chips.config import ChipConfig
+from eo_jepa.config import load_config
+
+REPO_CONFIG = "configs/chips/naip_rgbn_224.yaml"
+
+
+@pytest.fixture(scope="module")
+def naip(tmp_path_factory):
+    root = tmp_path_factory.mktemp("naip")
+    x0, y0, res, size = 500_040.0, 4_200_000.0, 0.6, 400
+    rng = np.random.default_rng(0)
+    # band i holds values around 40 * i so a channel mix-up cannot go unnoticed
+    data = np.stack([np.clip(40 * i + rng.normal(0, 3, (size, size)), 1, 255) for i in (1, 2, 3, 4)]).astype(
+        np.uint8
+    )
+    path = root / "m_3712213_ne_10_060_20220101.tif"
+    profile = dict(driver="COG", width=size, height=size, count=4, dtype="uint8", crs="EPSG:26910",
+                   transform=Affine(res, 0, x0, 0, -res, y0), blocksize=128)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    to_geo = Transformer.from_crs(26910, 4326, always_xy=True).transform
+    lon0, lat0 = to_geo(x0, y0)
+    lon1, lat1 = to_geo(x0 + size * res, y0 - size * res)
+    footprint = box(min(lon0, lon1), min(lat0, lat1), max(lon0, lon1), max(lat0, lat1))
+    item = {
+        "type": "Feature", "stac_version": "1.0.0", "id": "naip-test", "collection": "naip",
+        "geometry": mapping(footprint), "bbox": list(footprint.bounds),
+        "properties": {"datetime": "2022-01-01T00:00:00Z", "proj:code": "EPSG:26910", "naip:state": "ca"},
+        "assets": {"image": {"href": path.name, "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                             "proj:shape": [size, size], "proj:transform": [res, 0, x0, 0, -res, y0]}},
+        "links": [],
+    }  # fmt: skip
+    items = root / "items.json"
+    items.write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
+    centre = footprint.centroid
+    aois = root / "aois.geojson"
+    aois.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"aoi_id": "p", "label": "urban"}, "geometry": mapping(Point(centre.x, centre.y))}
+    ]}))  # fmt: skip
+    return root, items, aois, data
+
+
+def test_naip_rgbn_chips(naip, tmp_path):
+    _, items, aois, data = naip
+    cfg = load_config(
+        ChipConfig, REPO_CONFIG, ["chip_size=32", "aoi.point_buffer_m=30", "aoi.start=2021-01-01"]
+    )
+    report = build_chips(
+        aois, cfg, tmp_path / "naip", stac=str(items)
+    )  # relative href resolved next to the file
+    assert report.ok >= 1 and not report.skipped_items
+    ds = ChipDataset(tmp_path / "naip")
+    assert ds.sensor == "naip" and ds.bands == ("red", "green", "blue", "nir")
+    meta = json.loads((tmp_path / "naip" / "dataset.json").read_text())
+    assert meta["dtype"] == "uint8" and meta["gsd_m"] == 0.6
+    for i in range(len(ds)):
+        sample = ds[i]
+        v = sample["valid"]
+        means = [float(sample["pixels"][c][v].mean()) for c in range(4)]
+        assert means == pytest.approx([40, 80, 120, 160], abs=3)  # R, G, B, N from asset bands 1..4
+    stats = json.loads((tmp_path / "naip" / "norm_stats.json").read_text())
+    assert stats["bands"]["nir"]["max"] <= 255 and stats["bands"]["red"]["mean"] == pytest.approx(40, abs=2)
+    assert "Public domain" in (tmp_path / "naip" / "data_card.md").read_text()
+    assert data.shape[0] == 4
