@@ -38,9 +38,18 @@ def _texture(rng: np.random.Generator, label: str, size: int) -> np.ndarray:
 
 
 def make_chip_store(
-    root: str | Path, *, n_locations: int = 48, dates: int = 2, size: int = 32, seed: int = 0
+    root: str | Path,
+    *,
+    n_locations: int = 48,
+    dates: int = 2,
+    size: int = 32,
+    seed: int = 0,
+    rgb: bool = False,
 ) -> Path:
-    """Write a chip store of ``n_locations * dates`` chips (all in the train split) and return its path."""
+    """Write a chip store of ``n_locations * dates`` chips (all in the train split) and return its path.
+
+    ``rgb=True``: 8-bit red/green/blue chips (sensor 'rgb') instead of 5-band uint16 reflectance.
+    """
     import geopandas as gpd
     from shapely.geometry import box
 
@@ -51,7 +60,9 @@ def make_chip_store(
     rng = np.random.default_rng(seed)
     labels = list(SPECTRA)
     n = n_locations * dates
-    create_arrays(root, n, len(BANDS), size, "uint16")
+    bands = BANDS[:3] if rgb else BANDS
+    dtype, top, div = ("uint8", 255, 12.0) if rgb else ("uint16", 10000, 1.0)
+    create_arrays(root, n, len(bands), size, dtype)
     writer = ChipWriter(root, fsync=False)
     rows, all_px = [], []
     for loc in range(n_locations):
@@ -59,11 +70,11 @@ def make_chip_store(
         base = _texture(rng, label, size)
         for d in range(dates):
             i = loc * dates + d
-            spectrum = np.array(SPECTRA[label], dtype=np.float64) * rng.uniform(0.85, 1.15)
-            px = spectrum[:, None, None] * (
-                1 + base[None] + 0.03 * rng.standard_normal((len(BANDS), size, size))
+            spectrum = (
+                np.array(SPECTRA[label][: len(bands)], dtype=np.float64) * rng.uniform(0.85, 1.15) / div
             )
-            px = np.clip(px, 1, 10000).astype(np.uint16)
+            noise = 0.03 * rng.standard_normal((len(bands), size, size))
+            px = np.clip(spectrum[:, None, None] * (1 + base[None] + noise), 1, top).astype(dtype)
             valid = np.ones((size, size), dtype=bool)
             if i % 5 == 0:  # a masked cloud patch
                 valid[: size // 4, : size // 3] = False
@@ -102,19 +113,19 @@ def make_chip_store(
                 "min": float(stacked[k].min()),
                 "max": float(stacked[k].max()),
             }
-            for k, b in enumerate(BANDS)
+            for k, b in enumerate(bands)
         },
-        "band_order": BANDS,
-        "units": "reflectance x 10000",
+        "band_order": bands,
+        "units": "8-bit digital numbers" if rgb else "reflectance x 10000",
     }
     (root / "norm_stats.json").write_text(json.dumps(stats))
     (root / "data_card.md").write_text("---\nname: synthetic-test\n---\n# Synthetic chips for tests\n")
     info = {
-        "sensor": "sentinel-2-l2a",
-        "bands": BANDS,
+        "sensor": "rgb" if rgb else "sentinel-2-l2a",
+        "bands": bands,
         "chip_size": size,
         "gsd_m": 10,
-        "dtype": "uint16",
+        "dtype": dtype,
         "counts": {"planned": n, "ok": n, "rejected": 0},
         "config": {"name": "synthetic-test"},
         "eo_jepa_version": "test",

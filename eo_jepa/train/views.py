@@ -262,10 +262,10 @@ class MultiCropViews:
                 i = idx.numpy()
                 x[idx] = _rgb_jitter(
                     x[idx],
-                    torch.from_numpy(p["brightness"][i, 0]),
-                    torch.from_numpy(p["contrast"][i, 0]),
-                    torch.from_numpy(p["saturation"][i]),
-                    torch.from_numpy(p["hue"][i]),
+                    torch.from_numpy(p["brightness"][i, 0]).float(),
+                    torch.from_numpy(p["contrast"][i, 0]).float(),
+                    torch.from_numpy(p["saturation"][i]).float(),
+                    torch.from_numpy(p["hue"][i]).float(),
                 )
         else:
             # Per-band brightness b and contrast c about the view's band mean m, fused:
@@ -279,7 +279,7 @@ class MultiCropViews:
             sel = x[idx]
             x[idx] = (sel * self.gray_w).sum(dim=1, keepdim=True).expand_as(sel)
         if (idx := subset(p["blur"])) is not None:
-            x[idx] = _gaussian_blur(x[idx], torch.from_numpy(p["sigma"][idx.numpy()]))
+            x[idx] = _gaussian_blur(x[idx], torch.from_numpy(p["sigma"][idx.numpy()]).float())
         if self.mode == "rgb":
             if (idx := subset(p["solarize"])) is not None:
                 sel = x[idx]
