@@ -372,6 +372,16 @@ def test_non_empty_out_needs_resume_and_same_config(scenes, reference, tmp_path)
     (tmp_path / "x" / "junk").write_text("x")
     with pytest.raises(DataError, match="pass --resume"):
         build_chips(scenes.aois_path, cfg(), tmp_path / "x", stac=str(scenes.items_path))
+    killed_while_planning = tmp_path / "p"
+    (killed_while_planning / "chips.zarr").mkdir(parents=True)
+    (killed_while_planning / ".build" / "partials").mkdir(parents=True)
+    with pytest.raises(DataError, match="pass --resume"):
+        build_chips(scenes.aois_path, cfg(), killed_while_planning, stac=str(scenes.items_path))
+    report = build_chips(
+        scenes.aois_path, cfg(), killed_while_planning, stac=str(scenes.items_path), resume=True
+    )
+    assert report.tasks_run == report.tasks
+    assert_same_store(root, killed_while_planning)
     with pytest.raises(ConfigError, match="config differs"):
         build_chips(scenes.aois_path, cfg("chip_size=32"), root, stac=str(scenes.items_path), resume=True)
 

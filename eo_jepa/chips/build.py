@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -395,6 +396,11 @@ def build_chips(
                 "resume with the same config, or build into a new --out."
             )
     else:
+        leftovers = {p.name for p in root.iterdir()} if root.is_dir() else set()
+        if resume and leftovers and leftovers <= {"chips.zarr", BUILD_DIR}:
+            # killed while planning (arrays made, plan not yet written): nothing finished, start over
+            shutil.rmtree(root / "chips.zarr", ignore_errors=True)
+            shutil.rmtree(root / BUILD_DIR, ignore_errors=True)
         if root.exists() and any(root.iterdir()):
             if (root / DATASET_NAME).is_file():
                 raise DataError(f"{str(root)!r} already holds a chip store; choose a new --out or delete it.")
