@@ -30,10 +30,9 @@ INDEX_COLUMNS = {
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    from eo_jepa.demo.scenes import make_demo_scenes
-
-    return make_demo_scenes(tmp_path_factory.mktemp("chips_demo"), size="tiny")
+def scenes(demo_scenes_tiny):
+    """The session's tiny demo scenes (tests/conftest.py): 1 S2 tile, 4 dates across baseline 04.00."""
+    return demo_scenes_tiny
 
 
 def cfg(*overrides: str) -> ChipConfig:
@@ -454,23 +453,20 @@ def test_dask_cluster_equals_serial(scenes, reference, tmp_path):
     assert_same_store(reference[0], tmp_path / "a")
 
 
-def test_cogs_over_http_equal_local_files(scenes, reference, tmp_path):
-    from eo_jepa.demo.servers import range_http_server
-
-    with range_http_server(scenes.cog_dir) as url:
-        items = scenes.write_items(tmp_path / "items.json", base_url=url)
-        build_chips(scenes.aois_path, cfg(), tmp_path / "h", stac=str(items))
+def test_cogs_over_http_equal_local_files(scenes, reference, tmp_path, cog_http_url):
+    url = cog_http_url
+    items = scenes.write_items(tmp_path / "items.json", base_url=url)
+    build_chips(scenes.aois_path, cfg(), tmp_path / "h", stac=str(items))
     assert_same_store(reference[0], tmp_path / "h", hrefs_differ=True)
     hrefs = load_store(tmp_path / "h")["index"]["hrefs"]
     assert all(h.startswith(url) for hs in hrefs for h in hs)
 
 
 @pytest.mark.pgstac
-def test_build_from_real_stac_api(scenes, reference, tmp_path):
-    from eo_jepa.demo.servers import stac_api_server
-
-    with stac_api_server(scenes.collection(), scenes.items()) as url:
-        report = build_chips(scenes.aois_path, cfg("stac.page_size=2"), tmp_path / "api", stac=url)
+def test_build_from_real_stac_api(scenes, reference, tmp_path, stac_api_url):
+    """pgstac search (paging, query) + COGs over HTTP give the same chips as the local ItemCollection."""
+    url = stac_api_url
+    report = build_chips(scenes.aois_path, cfg("stac.page_size=2"), tmp_path / "api", stac=url)
     assert report.ok == reference[1].ok
     a, b = load_store(reference[0]), load_store(tmp_path / "api")
     assert np.array_equal(a["pixels"], b["pixels"]) and a["stats"] == b["stats"]

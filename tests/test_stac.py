@@ -18,24 +18,14 @@ from eo_jepa.stac import load_static_items, parse_item, search_items, sign_href
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    from eo_jepa.demo.scenes import make_demo_scenes
-
-    return make_demo_scenes(tmp_path_factory.mktemp("stac_demo"), size="tiny")
+def scenes(demo_scenes_tiny):
+    return demo_scenes_tiny
 
 
 @pytest.fixture(scope="module")
-def api_url(request, scenes):
-    """The real stac-fastapi-pgstac API on loopback (shared conftest fixture when present)."""
-    try:
-        yield request.getfixturevalue("stac_api_url")
-        return
-    except pytest.FixtureLookupError:
-        pass
-    from eo_jepa.demo.servers import stac_api_server
-
-    with stac_api_server(scenes.collection(), scenes.items()) as url:
-        yield url
+def api_url(stac_api_url):
+    """The real stac-fastapi-pgstac API on loopback (tests/conftest.py)."""
+    return stac_api_url
 
 
 class _Server:
