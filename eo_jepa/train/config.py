@@ -28,7 +28,7 @@ class DataConfig:
     split: str | None = "train"  # chip stores: 'train' | 'val' | 'test' | null for all ok rows
     bands: list[str] | None = None  # canonical band names in model order; null = all of the dataset's
     # raster_folder only: canonical band -> variable name (NetCDF/Zarr) or 1-based band index (GeoTIFF)
-    band_map: dict[str, str | int] = field(default_factory=dict)
+    band_map: dict[str, int | str] = field(default_factory=dict)
     pattern: str = "*"  # raster_folder: glob for the sample files (.tif/.tiff/.nc/.zarr)
     sensor: str | None = None  # raster_folder: eo_jepa.bands sensor name (drives RGB handling)
     nodata: float | None = None  # raster_folder: value marking invalid pixels (NaN always is)

@@ -79,7 +79,10 @@ class RasterFolderDataset(Dataset):
         if not bands:
             raise ConfigError("data.bands must list the canonical band names for a raster_folder dataset.")
         self.bands = tuple(bands)
-        self.band_map = dict(band_map or {})
+        # "3" from a YAML string or an override means band index 3
+        self.band_map = {
+            b: int(v) if isinstance(v, str) and v.isdigit() else v for b, v in (band_map or {}).items()
+        }
         unknown = sorted(set(self.band_map) - set(self.bands))
         if unknown:
             raise ConfigError(
