@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -253,13 +254,27 @@ def _search_api(
 
 
 def load_static_items(source: str | Path) -> list[ItemInfo]:
-    """All items of an ItemCollection JSON (FeatureCollection) or a static catalog/collection JSON."""
+    """All items of an ItemCollection JSON (FeatureCollection) or a static catalog/collection JSON.
+
+    Parsed once per file version (cached on path, size and mtime), so searching many AOIs is cheap.
+    """
     path = Path(source)
     if not path.is_file():
         raise StacError(
             f"STAC source {str(source)!r} is neither an http(s) API URL nor an existing JSON file; "
             "pass a STAC API URL, an ItemCollection file or a catalog.json."
         )
+    st = path.stat()
+    return list(_load_static(str(path.resolve()), st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_static(path_str: str, size: int, mtime_ns: int) -> tuple[ItemInfo, ...]:
+    del size, mtime_ns  # cache key only
+    return tuple(_read_static(Path(path_str)))
+
+
+def _read_static(path: Path) -> list[ItemInfo]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
