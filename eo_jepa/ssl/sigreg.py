@@ -163,7 +163,7 @@ def _reference(x: Tensor, t: Tensor, phi: Tensor, w: Tensor, reduce: bool) -> Te
         cos_sum = _AllReduceSum.apply(cos_sum)
         sin_sum = _AllReduceSum.apply(sin_sum)
         n = _AllReduceSum.apply(n)
-    _check_count(int(n.item()), x.shape)
+        _check_count(int(n.item()), x.shape)  # the local N was checked by the module
     return _statistic(cos_sum / n, sin_sum / n, n, phi, w)
 
 
@@ -218,7 +218,7 @@ class _FusedSIGReg(torch.autograd.Function):
                 dist.all_reduce(packed, op=dist.ReduceOp.SUM)
                 sums = packed[:-1].view_as(sums)
                 n = packed[-1]
-            _check_count(int(n.item()), x.shape)
+                _check_count(int(n.item()), x.shape)
             phi64, w64 = phi.to(torch.float64), w.to(torch.float64)
             cos_mean = sums[..., 0].transpose(1, 2) / n  # (V, K, T)
             sin_mean = sums[..., 1].transpose(1, 2) / n
