@@ -1,0 +1,178 @@
+"""Trainer benchmark: LeJEPA objective overhead and data-loading throughput.
+
+1. Step time of ViT-S/8 (5 bands) on the default views (2 global 224 px + 6 local 96 px):
+   encoder forward+backward alone (loss = mean of the embeddings) versus the full LeJEPA
+   objective (encoder + projector + prediction + SIGReg with K=1024 slices), side by side on
+   the same view tensors. Overhead = 1 - t_encoder / t_lejepa (target <= 10%).
+2. Loader throughput (chips/s) of the chip-store loader with the default 5-band 256 px views,
+   with 0 (in the main process), 1 and 2 workers (target >= 150 chips/s per worker).
+
+    python benchmarks/bench_train.py                    # CPU defaults (small batch)
+    python benchmarks/bench_train.py --device cuda --batch 64
+
+Prints a table and ends with one JSON line of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the generated chip store used by the tests
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_step(device: torch.device, batch: int, repeats: int, slices: int) -> dict[str, float]:
+    from eo_jepa.models import build_encoder
+    from eo_jepa.ssl import LeJEPALoss, Projector
+    from eo_jepa.train.loop import LeJEPAModel
+
+    bands = ["red", "green", "blue", "nir", "swir16"]
+    torch.manual_seed(0)
+    enc = build_encoder(
+        "vit_small_patch8", bands, img_size=256, norm_stats={b: {"mean": 0.0, "std": 1.0} for b in bands}
+    )
+    model = LeJEPAModel(enc, Projector(enc.embed_dim, 2048, 128, 3)).to(device).train()
+    loss_fn = LeJEPALoss(num_slices=slices).to(device).train()
+    glob = torch.randn(2, batch, 5, 224, 224, device=device)
+    loc = torch.randn(6, batch, 5, 96, 96, device=device)
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    def encoder_only() -> None:
+        with autocast():
+            e = torch.cat([enc(glob.flatten(0, 1)), enc(loc.flatten(0, 1))])
+            loss = e.float().mean()
+        loss.backward()
+
+    def lejepa() -> None:
+        with autocast():
+            _, pg, pl = model(glob, loc)
+            out = loss_fn(pg.float(), pl.float())
+        out.loss.backward()
+
+    times: dict[str, list[float]] = {"encoder": [], "lejepa": []}
+    fns = {"encoder": encoder_only, "lejepa": lejepa}
+    for name in fns:  # warm-up
+        fns[name]()
+        model.zero_grad(set_to_none=True)
+    for _ in range(repeats):  # interleaved, so drifts of a shared machine hit both alike
+        for name, fn in fns.items():
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+            model.zero_grad(set_to_none=True)
+    t_enc = min(times["encoder"])
+    t_lej = min(times["lejepa"])
+    return {
+        "encoder_s": t_enc,
+        "lejepa_s": t_lej,
+        "encoder_img_s": batch / t_enc,
+        "lejepa_img_s": batch / t_lej,
+        "overhead": 1 - t_enc / t_lej,
+    }
+
+
+def bench_loader(n_batches: int, batch: int, workers: list[int]) -> tuple[dict[int, float], float]:
+    """(wall-clock chips/s per worker count, chips per CPU-second of the main-process loader)."""
+    from train_data import make_chip_store
+
+    from eo_jepa.train.config import DataConfig, ViewsConfig
+    from eo_jepa.train.data import make_loader, open_source
+    from eo_jepa.train.views import MultiCropViews
+
+    out: dict[int, float] = {}
+    per_cpu_s = float("nan")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = make_chip_store(Path(tmp) / "s2", n_locations=max(64, batch * (n_batches + 1)) // 2, size=256)
+        for w in workers:
+            cfg = DataConfig(batch_size=batch, num_workers=w)
+            src = open_source(cfg, store)
+            views = MultiCropViews(ViewsConfig(), src.bands, src.norm_stats, sensor=src.sensor)
+            loader, sampler = make_loader(src, views, cfg, seed=0)
+            sampler.set_epoch(0)
+            it = iter(loader)
+            next(it)  # worker start-up and first batch are not throughput
+            t, c = time.perf_counter(), time.process_time()
+            got = 0
+            for _ in range(n_batches):
+                got += next(it)["globals"].shape[1]
+            out[w] = got / (time.perf_counter() - t)
+            if w == 0:  # CPU time is robust to other processes sharing the machine
+                per_cpu_s = got / (time.process_time() - c)
+            del it, loader
+    return out, per_cpu_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=None, help="chips per step (default 64 on GPU, 2 on CPU)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--slices", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for the step benchmark")
+    ap.add_argument("--loader-batches", type=int, default=6)
+    ap.add_argument("--loader-batch", type=int, default=16)
+    ap.add_argument("--skip-step", action="store_true")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    batch = args.batch or (64 if device.type == "cuda" else 2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    step = None if args.skip_step else bench_step(device, batch, args.repeats, args.slices)
+    torch.set_num_threads(1)  # the loader figure is per worker (one core each)
+    loader, per_cpu_s = bench_loader(args.loader_batches, args.loader_batch, [0, 1, 2])
+
+    print(f"\nLeJEPA step, ViT-S/8 5-band, 2x224 + 6x96 views, batch {batch}, K={args.slices}, {device}")
+    print("| variant | time / step (s) | images/s |")
+    print("|---|---|---|")
+    if step:
+        print(f"| encoder fwd+bwd alone | {step['encoder_s']:.3f} | {step['encoder_img_s']:.2f} |")
+        print(
+            f"| full LeJEPA (projector + pred + SIGReg) | {step['lejepa_s']:.3f} | {step['lejepa_img_s']:.2f} |"
+        )
+        print(f"objective overhead: {100 * step['overhead']:.1f}% of the step (target <= 10%)")
+    print(f"\nLoader, 5-band 256 px chips, 2+6 default views, batch {args.loader_batch}")
+    print("| workers | chips/s | chips/s per worker |")
+    print("|---|---|---|")
+    for w, rate in loader.items():
+        print(
+            f"| {w} (main process) | {rate:.1f} | {rate:.1f} |"
+            if w == 0
+            else f"| {w} | {rate:.1f} | {rate / w:.1f} |"
+        )
+    print(f"main-process loader: {per_cpu_s:.1f} chips per CPU-second (one dedicated core; target >= 150)")
+    figures = {
+        "bench": "train",
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "batch": batch,
+        "slices": args.slices,
+        **({f"step_{k}": round(v, 5) for k, v in step.items()} if step else {}),
+        **{f"loader_chips_per_s_w{w}": round(r, 2) for w, r in loader.items()},
+        "loader_chips_per_cpu_s": round(per_cpu_s, 2),
+        "loader_chips_per_s_per_worker_w1": round(loader[1], 2),
+        "loader_chips_per_s_per_worker_w2": round(loader[2] / 2, 2),
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
