@@ -282,3 +282,23 @@ def test_scale_grad_keeps_value_and_scales_gradient():
     torch.testing.assert_close(y, torch.tensor([2.25, 4.0]))
     y.sum().backward()
     torch.testing.assert_close(x.grad, 3.0 * 2 * x.detach())
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_saved_for_backward_size(impl):
+    """fused keeps O(V·N·K) for backward; the reference formula keeps (V, N, K, T) tensors."""
+    v, n, d, k, knots = 2, 64, 8, 32, 17
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel())
+        return t
+
+    z = torch.randn(v, n, d).requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        value = SIGReg(k, num_knots=knots, impl=impl)(z)
+    value.backward()
+    if impl == "fused":
+        assert max(saved) <= v * n * max(k, d)
+    else:
+        assert max(saved) >= v * n * k * knots
