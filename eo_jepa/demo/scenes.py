@@ -243,7 +243,7 @@ def make_demo_scenes(
     return _reuse(root, params) or _fail(root)
 
 
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2
 
 
 def _fail(root: Path) -> DemoScenes:
@@ -301,6 +301,25 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_px: fl
     return up
 
 
+def _assign_classes(rng: np.random.Generator, ncell: int) -> np.ndarray:
+    """Class codes (1..K) of an ncell x ncell grid: coherent blobs, every class used (almost) equally often.
+
+    Each class gets a smooth random score field; (cell, class) pairs are taken best score first while
+    the class is under its quota, so regions are contiguous where a class's field is high.
+    """
+    k = len(CLASSES)
+    scores = np.stack([_smooth_field(rng, (ncell, ncell), 4.0) for _ in range(k)])
+    quota = -(-ncell * ncell // k)
+    cells = np.zeros(ncell * ncell, np.int64)
+    counts = np.zeros(k, np.int64)
+    for flat in np.argsort(-scores.ravel(), kind="stable"):
+        cls, cell = divmod(int(flat), ncell * ncell)
+        if cells[cell] == 0 and counts[cls] < quota:
+            cells[cell] = cls + 1
+            counts[cls] += 1
+    return cells.reshape(ncell, ncell)
+
+
 def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
     if f == 1:
         return a
@@ -326,10 +345,7 @@ class _TileScene:
         rng = np.random.default_rng([seed, tile_index, 7])
         cell = int(spec["cell"])
         ncell = n // cell
-        # Balanced classes over the coarse cells, shuffled; neighbouring equal cells merge into regions.
-        self.cells = rng.permutation(np.resize(np.arange(1, len(CLASSES) + 1), ncell * ncell)).reshape(
-            ncell, ncell
-        )
+        self.cells = _assign_classes(rng, ncell)
         self.cell = cell
         # Warp the cell boundaries with a smooth displacement field (|d| <= _WARP_PX) so regions look natural.
         dr = np.clip(_smooth_field(rng, (n, n), 48) * _WARP_PX / 2.5, -_WARP_PX, _WARP_PX)
