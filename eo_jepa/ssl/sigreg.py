@@ -20,9 +20,10 @@ Two implementations share one interface:
   With the knots equally spaced, ``t_j = j·Δt``, the identity ``exp(i t_j x) = exp(i Δt x)^j``
   turns T cos/sin pairs per element into one complex exponential followed by complex
   multiplications; the backward pass recomputes those powers (Horner's scheme) instead of
-  storing them. Work is done in chunks of rows so the temporaries stay in cache.
+  storing them. Work is done in chunks of rows so the temporaries stay small and in cache.
 
-Both accumulate in float32 (float64 inputs stay float64), also under bf16 autocast.
+Both compute in float32 (float64 inputs stay float64), also under bf16 autocast; the fused
+kernel adds its per-chunk ECF sums in float64.
 
 Distributed training: when ``torch.distributed`` is initialised, the cos/sin sums and the row
 count are all-reduced (SUM, then divided: gloo has no AVG) before squaring, so the value is the
