@@ -92,7 +92,7 @@ def fake_legacy(seed: int = 0, img_size: int = 256, kind: str = "vit_small_patch
     )  # fmt: skip
     randomize_(ref, seed)
     ckpt = {
-        "config": {"encoder_kind": kind, "lr": 1e-3, "epochs": 150},
+        "config": {"encoder_kind": kind, "img_size": 128, "lr": 1e-3, "epochs": 150},  # card says 128
         "encoder_state": {f"vit.{k}": v.clone() for k, v in ref.state_dict().items()},
         "norm_stats": {
             "mean": [1298.9, 1086.6, 830.2, 2467.3, 2357.6],

@@ -149,6 +149,7 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_pickle_is_refused(tmp_path):
     evil = _Evil()
     evil.marker = str(tmp_path / "pwned")

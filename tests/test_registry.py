@@ -142,20 +142,20 @@ def test_real_core_jepa_entry_through_its_cache_path(tmp_path, hub_cache, no_net
 
 
 def test_legacy_sentinel_change_explorer_entry(tmp_path, hub_cache, no_network):
-    ref, ckpt = fake_legacy()
+    ref, ckpt = fake_legacy(img_size=128)  # the published file is 256 px; 128 keeps the test quick
     torch.save(ckpt, tmp_path / "legacy.pt")
     spec = registry.get_spec("lejepa-vits8-s2-5band")
     put_in_hf_cache(hub_cache, spec.repo_id, spec.filename, tmp_path / "legacy.pt")
     enc = eo_jepa.load("lejepa-vits8-s2-5band")
-    assert enc.bands == ("red", "green", "blue", "nir", "swir16") and enc.img_size == 256
+    assert enc.bands == ("red", "green", "blue", "nir", "swir16") and enc.img_size == 128
     assert enc.norm_stats["blue"]["std"] == 1.0  # the PoC clamps std at 1
-    raw = torch.randint(0, 6000, (1, 5, 256, 256), generator=torch.Generator().manual_seed(0)).float()
+    raw = torch.randint(0, 6000, (1, 5, 128, 128), generator=torch.Generator().manual_seed(0)).float()
     mean = torch.tensor(ckpt["norm_stats"]["mean"]).view(1, 5, 1, 1)
     std = torch.tensor(ckpt["norm_stats"]["std"]).view(1, 5, 1, 1).clamp(min=1.0)
     with torch.no_grad():
         # the PoC's own inference path: (x - mean) / std.clamp(1), tokens minus the 4 registers, NCHW
         tokens = ref.forward_features((raw - mean) / std)[:, 4:]
-        expected = tokens.transpose(1, 2).reshape(1, 384, 32, 32)
+        expected = tokens.transpose(1, 2).reshape(1, 384, 16, 16)
         got = enc.forward_features(enc.normalize(raw))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(enc(enc.normalize(raw)), expected.mean((2, 3)), rtol=1e-4, atol=1e-4)

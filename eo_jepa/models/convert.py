@@ -168,8 +168,8 @@ def encoder_from_state(
         state = dinov3.strip_prefix(dict(obj["encoder_state"]), "vit.")
         npatch = state["pos_embed"].shape[1] - 4  # 4 register tokens, no class token
         patch = int(state["patch_embed.proj.weight"].shape[-1])
-        size = int(cfg.get("img_size") or round(npatch**0.5) * patch)
-        names = canonical_bands(bands or cfg.get("bands") or LEGACY_BANDS, "sentinel-2-l2a")
+        size = round(npatch**0.5) * patch  # the position embedding is the truth, whatever config says
+        names = canonical_bands(cfg.get("bands") or bands or LEGACY_BANDS, "sentinel-2-l2a")
         ns = obj.get("norm_stats") or {}
         if norm_stats is None:
             if len(ns.get("mean", [])) != len(names) or len(ns.get("std", [])) != len(names):
