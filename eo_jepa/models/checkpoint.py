@@ -125,6 +125,7 @@ def save_encoder(
         "weights_file": WEIGHTS_NAME,
         "weights_sha256": sha256_file(weights),
     }
+    remember_verified(weights, prov["weights_sha256"])  # we just hashed what we wrote
     config = {
         **encoder_config(encoder),
         "training_config": _jsonable(training_config),
@@ -168,10 +169,8 @@ def verify_weights(root: Path, config: dict[str, Any]) -> Path:
         raise CheckpointError(
             f"{root / CONFIG_NAME} records no weights_sha256; the checkpoint cannot be verified."
         )
-    stamp = _file_stamp(weights)
-    record = verified_dir() / f"{expected}.json"
     with contextlib.suppress(OSError, ValueError):
-        if json.loads(record.read_text()) == stamp:
+        if json.loads((verified_dir() / f"{expected}.json").read_text()) == _file_stamp(weights):
             return weights  # this exact file (same inode, size, mtime and ctime) was hashed before
     actual = sha256_file(weights)
     if actual != expected:
@@ -179,9 +178,14 @@ def verify_weights(root: Path, config: dict[str, Any]) -> Path:
             f"{weights} has sha256 {actual[:12]}… but config.json records {expected[:12]}…; the weights are "
             "corrupt or were modified: re-download or re-export the checkpoint."
         )
-    with contextlib.suppress(OSError):
-        atomic_write_json(record, stamp)
+    remember_verified(weights, actual)
     return weights
+
+
+def remember_verified(weights: Path, sha256: str) -> None:
+    """Record that ``weights`` (as it is now on disk) has ``sha256``; best effort."""
+    with contextlib.suppress(OSError):
+        atomic_write_json(verified_dir() / f"{sha256}.json", _file_stamp(weights))
 
 
 def verified_dir() -> Path:
