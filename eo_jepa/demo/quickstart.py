@@ -16,12 +16,15 @@ A summary table (also written to ``DIR/summary.md`` / ``summary.json``) says whe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,12 +32,13 @@ from typing import Any
 
 from eo_jepa._version import __version__
 from eo_jepa.errors import ConfigError, DataError
-from eo_jepa.utils.io import atomic_write_json, atomic_write_text
+from eo_jepa.utils.io import atomic_open, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "quickstart_state.json"
 SIZE_ENV = "EO_JEPA_QUICKSTART_SIZE"
+DEMO_BANDS = ("red", "green", "blue", "nir", "swir16")
 
 # Sub-paths of DIR the quickstart owns (and deletes on ``fresh``); nothing else in DIR is touched.
 OWNED = ("scenes", "chips", "runs", "model", "eval", STATE_FILE, "summary.md", "summary.json")
@@ -46,48 +50,50 @@ class Preset:
 
     name: str
     scenes_size: str  # make_demo_scenes(size=...)
-    chip_size: int
+    n_dates: int  # acquisitions per tile
+    chip_size: int  # pixels per side at 10 m; also the global view size and the encoder's img_size
+    dates_per_location: int
     arch: str
     steps: int
     batch_size: int
     lr: float
     global_views: int
     local_views: int
-    global_crop: int
     local_crop: int
     knn_k: int
     seed: int = 0
-    train_overrides: tuple[str, ...] = ()
 
 
 PRESETS: dict[str, Preset] = {
     "small": Preset(
         name="small",
         scenes_size="small",
-        chip_size=32,
+        n_dates=4,
+        chip_size=16,
+        dates_per_location=3,
         arch="vit_tiny_patch8",
-        steps=300,
-        batch_size=64,
-        lr=1e-3,
-        global_views=2,
-        local_views=4,
-        global_crop=32,
-        local_crop=16,
-        knn_k=5,
-    ),
-    "tiny": Preset(
-        name="tiny",
-        scenes_size="tiny",
-        chip_size=32,
-        arch="vit_tiny_patch8",
-        steps=80,
+        steps=120,
         batch_size=32,
         lr=1e-3,
         global_views=2,
         local_views=2,
-        global_crop=32,
-        local_crop=16,
-        knn_k=5,
+        local_crop=8,
+        knn_k=10,
+    ),
+    "tiny": Preset(
+        name="tiny",
+        scenes_size="tiny",
+        n_dates=4,
+        chip_size=16,
+        dates_per_location=3,
+        arch="vit_tiny_patch8",
+        steps=40,
+        batch_size=32,
+        lr=1e-3,
+        global_views=2,
+        local_views=2,
+        local_crop=8,
+        knn_k=10,
     ),
 }
 
@@ -230,32 +236,398 @@ Say = Callable[[str], None]
 def _step_scenes(out: Path, preset: Preset, result: QuickstartResult, say: Say) -> dict[str, Any]:
     from eo_jepa.demo.scenes import make_demo_scenes
 
-    root = out / "scenes"
-    if root.exists():  # an interrupted earlier attempt: regenerate (seeded, so identical)
-        shutil.rmtree(root)
-    scenes = make_demo_scenes(root, seed=preset.seed, size=preset.scenes_size)
+    # Idempotent: a complete earlier output with the same parameters is reused, a partial one redone.
+    scenes = make_demo_scenes(
+        out / "scenes", seed=preset.seed, size=preset.scenes_size, n_dates=preset.n_dates
+    )
+    say(f"      {len(scenes.tiles)} tile(s) x {len(scenes.dates)} dates, AOIs in {scenes.aois_path.name}")
     return {
         "root": str(scenes.root),
         "items": str(scenes.items_path),
         "collection": str(scenes.collection_path),
         "aois": str(scenes.aois_path),
+        "tiles": list(scenes.tiles),
+        "dates": list(scenes.dates),
     }
 
 
+def demo_chip_config(preset: Preset, aois_path: str | Path) -> Any:
+    """The chip-build config of the quickstart (also used by the notebooks).
+
+    Demo point AOIs carry their own ``buffer_m``; the chip builder buffers every point by
+    ``aoi.point_buffer_m``, so that is set from the AOI file (all demo points share one buffer).
+    """
+    from eo_jepa.chips.config import ChipConfig
+    from eo_jepa.config import from_dict
+
+    features = json.loads(Path(aois_path).read_text())["features"]
+    buffers = {float(f["properties"]["buffer_m"]) for f in features if "buffer_m" in f["properties"]}
+    cfg = {
+        "name": f"eo-jepa-demo-{preset.name}",
+        "sensor": "sentinel-2-l2a",
+        "bands": list(DEMO_BANDS),
+        "chip_size": preset.chip_size,
+        "gsd_m": 10.0,
+        "stac": {"provider": "planetary-computer", "max_cloud_cover": 95.0},
+        "aoi": {"start": "2021-01-01", "end": "2023-12-31", "point_buffer_m": max(buffers, default=100.0)},
+        "dates_per_location": preset.dates_per_location,
+        "max_candidates": max(preset.n_dates, preset.dates_per_location),
+        "max_cloud_fraction": 0.3,
+        "max_nodata_fraction": 0.05,
+        "task_size": 8,
+        "executor": "thread",
+    }
+    return from_dict(ChipConfig, cfg)
+
+
 def _step_chips(out: Path, preset: Preset, result: QuickstartResult, say: Say) -> dict[str, Any]:
-    raise NotImplementedError("wired once eo_jepa.chips lands")
+    from eo_jepa.chips import store
+    from eo_jepa.chips.build import build_chips
+    from eo_jepa.chips.dataset import ChipDataset
+
+    root = out / "chips"
+    items = result.output("scenes", "items")
+    aois = result.output("scenes", "aois")
+    if not (root / store.DATASET_NAME).is_file():
+        # The same builder as for Planetary Computer; only the STAC source (a static ItemCollection
+        # of the demo COGs) differs. An interrupted build is finished with resume=True.
+        resume = (root / store.BUILD_DIR).is_dir()
+        with _quiet("eo_jepa.chips", "eo_jepa.stac"):  # per-AOI search lines; the progress bar stays
+            report = build_chips(
+                aois, demo_chip_config(preset, aois), root, stac=items, workers=1, resume=resume
+            )
+        say(f"      {report.summary()}")
+    stats = json.loads((root / store.STATS_NAME).read_text())
+    _check_stats(stats, root)
+    counts: dict[str, dict[str, int]] = {}
+    for split in ("train", "val", "test"):
+        ds = ChipDataset(root, split)
+        counts[split] = dict(sorted(Counter(lab or "-" for lab in ds.labels).items()))
+    say(f"      ok chips by split: {', '.join(f'{k} {sum(v.values())}' for k, v in counts.items())}")
+    return {
+        "root": str(root),
+        "data_card": str(root / store.CARD_NAME),
+        "norm_stats": str(root / store.STATS_NAME),
+        "counts": counts,
+    }
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Raise the given loggers to WARNING for the duration (keeps the quickstart's output short)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _check_stats(stats: dict[str, Any], root: Path) -> None:
+    """Refuse to train on statistics that cannot be right (a broken build must not pass silently)."""
+    for band, s in stats["bands"].items():
+        values = [s[k] for k in ("mean", "std", "p1", "p99")]
+        if not all(math.isfinite(v) for v in values) or s["std"] <= 0 or not s["p1"] <= s["mean"] <= s["p99"]:
+            raise DataError(f"Band {band!r} of {root} has implausible statistics {s}; rebuild with --fresh.")
+
+
+def train_config(preset: Preset, out: Path) -> Any:
+    """The quickstart's LeJEPA training config (a :class:`~eo_jepa.train.config.TrainConfig`)."""
+    from eo_jepa.config import from_dict
+    from eo_jepa.train.config import TrainConfig
+
+    cfg = {
+        "name": "quickstart",
+        "output_dir": str(out / "runs"),
+        "seed": preset.seed,
+        "epochs": 10_000,
+        "max_steps": preset.steps,
+        "device": "cpu",
+        "num_threads": min(2, os.cpu_count() or 1),
+        "data": {"kind": "chips", "split": "train", "batch_size": preset.batch_size, "num_workers": 0},
+        "views": {
+            "num_global": preset.global_views,
+            "num_local": preset.local_views,
+            "global_size": preset.chip_size,
+            "local_size": preset.local_crop,
+        },
+        "model": {
+            "arch": preset.arch,
+            "img_size": preset.chip_size,
+            "proj_hidden": 512,
+            "proj_out": 64,
+            "proj_layers": 2,
+        },
+        "loss": {"lam": 0.05, "num_slices": 256},
+        "optim": {"lr": preset.lr, "warmup_steps": max(1, preset.steps // 10), "precision": "fp32"},
+        "log": {"every": 1, "rank_every": 10, "tensorboard": True},
+        "checkpoint": {"every": 25},
+    }
+    return from_dict(TrainConfig, cfg)
 
 
 def _step_pretrain(out: Path, preset: Preset, result: QuickstartResult, say: Say) -> dict[str, Any]:
-    raise NotImplementedError("wired once eo_jepa.train lands")
+    from eo_jepa.train.loop import CHECKPOINT_DIR, LAST, METRICS, train
+
+    cfg = train_config(preset, out)
+    resume = (cfg.run_dir / CHECKPOINT_DIR / LAST).is_file()  # an interrupted run continues exactly
+    if resume:
+        say("      resuming the interrupted training run")
+    run_dir = train(cfg, data=result.output("chips", "root"), resume=resume)
+    rows = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
+    first, last = rows[0], rows[-1]
+    say(f"      {last['step']} steps: loss {first['loss']:.4f} -> {last['loss']:.4f}")
+    return {
+        "run_dir": str(run_dir),
+        "steps": int(last["step"]),
+        "loss_first": float(first["loss"]),
+        "loss_last": float(last["loss"]),
+        "loss_curve_png": str(run_dir / "loss_curve.png"),
+    }
 
 
 def _step_publish(out: Path, preset: Preset, result: QuickstartResult, say: Say) -> dict[str, Any]:
-    raise NotImplementedError("wired once eo_jepa.train.publish lands")
+    import eo_jepa
+    from eo_jepa.train.publish import publish
+
+    model_dir = out / "model"
+    if model_dir.exists():  # an interrupted earlier export: redo it
+        shutil.rmtree(model_dir)
+    publish(result.output("pretrain", "run_dir"), model_dir)
+    encoder = eo_jepa.load(str(model_dir))  # the user's way back in
+    stats = json.loads(Path(result.output("chips", "norm_stats")).read_text())["bands"]
+    for band in encoder.bands:
+        if not math.isclose(encoder.norm_stats[band]["mean"], stats[band]["mean"], rel_tol=1e-6):
+            raise DataError(f"The published checkpoint's {band!r} statistics differ from the chip store's.")
+    say(f"      eo_jepa.load({str(model_dir)!r}) -> {encoder.arch}, bands {list(encoder.bands)}")
+    return {
+        "model_dir": str(model_dir),
+        "arch": encoder.arch,
+        "bands": list(encoder.bands),
+        "embed_dim": int(encoder.embed_dim),
+    }
 
 
 def _step_evaluate(out: Path, preset: Preset, result: QuickstartResult, say: Say) -> dict[str, Any]:
-    raise NotImplementedError("wired once eo_jepa.eval lands")
+    import eo_jepa
+
+    chips = Path(result.output("chips", "root"))
+    pretrained = eo_jepa.load(result.output("publish", "model_dir"))
+    untrained = untrained_encoder(preset, out, chips)
+    eval_dir = out / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    scores = {}
+    for tag, enc in (("untrained", untrained), ("pretrained", pretrained)):
+        scores[tag] = knn_eval(enc, chips, k=preset.knn_k)
+        say(f"      kNN accuracy, {tag:<10}: {scores[tag]['accuracy']:.3f}")
+    scene = read_demo_scene(result.output("scenes", "items"), result.output("scenes", "root"), preset)
+    pca_png = write_pca_figure(
+        eval_dir / "pca_feature_map.png", scene, {"untrained": untrained, "pretrained": pretrained}
+    )
+    knn = scores["pretrained"]
+    atomic_write_json(eval_dir / "knn.json", {"k": preset.knn_k, **scores})
+    return {
+        "knn_k": preset.knn_k,
+        "n_train": knn["n_train"],
+        "n_test": knn["n_test"],
+        "classes": knn["classes"],
+        "knn_untrained": scores["untrained"]["accuracy"],
+        "knn_pretrained": scores["pretrained"]["accuracy"],
+        "knn_json": str(eval_dir / "knn.json"),
+        "pca_png": str(pca_png),
+        "loss_curve_png": result.output("pretrain", "loss_curve_png"),
+    }
+
+
+def untrained_encoder(preset: Preset, out: Path, chips: str | Path) -> Any:
+    """The encoder exactly as pretraining started: same seed, same construction as the trainer's."""
+    import torch
+
+    from eo_jepa.train.data import open_source
+    from eo_jepa.train.loop import build_encoder_for
+
+    cfg = train_config(preset, out)
+    source = open_source(cfg.data, chips)
+    torch.manual_seed(cfg.seed)
+    return build_encoder_for(cfg, source).eval()
+
+
+def knn_eval(encoder: Any, chips: str | Path, *, k: int) -> dict[str, Any]:
+    """Weighted kNN accuracy: train-split chips are the reference, val + test chips the queries.
+
+    AOIs are split whole (a held-out chip never shares an AOI with a reference chip).
+    """
+    import numpy as np
+
+    from eo_jepa.chips.dataset import ChipDataset
+    from eo_jepa.eval.features import extract_features
+    from eo_jepa.eval.knn import knn_predict
+
+    ref = ChipDataset(chips, "train")
+    held = [ChipDataset(chips, split) for split in ("val", "test")]
+    classes = sorted({lab for lab in ref.labels if lab is not None})
+    if len(classes) < 2:
+        raise DataError(f"The chip store {chips} has fewer than 2 labelled classes in its train split.")
+    ref_x = extract_features(encoder, ref, kind="probe", desc="kNN reference")
+    ref_y = np.array([classes.index(lab) for lab in ref.labels])
+    xs, ys = [], []
+    for ds in held:
+        keep = [i for i, lab in enumerate(ds.labels) if lab in classes]
+        if keep:
+            xs.append(extract_features(encoder, ds, indices=keep, kind="probe", desc="kNN held-out"))
+            ys.extend(classes.index(ds.labels[i]) for i in keep)
+    if not xs:
+        raise DataError(f"The chip store {chips} has no labelled val/test chips to evaluate on.")
+    pred = knn_predict(ref_x, ref_y, np.concatenate(xs), k=k, num_classes=len(classes))
+    y = np.array(ys)
+    per_class = {c: float((pred[y == i] == i).mean()) for i, c in enumerate(classes) if (y == i).any()}
+    return {
+        "accuracy": float((pred == y).mean()),
+        "per_class": per_class,
+        "classes": classes,
+        "n_train": len(ref_y),
+        "n_test": len(y),
+    }
+
+
+@dataclass
+class DemoScene:
+    """A window of one demo acquisition read with the chip builder's reader (harmonised, masked)."""
+
+    pixels: Any  # (C, H, W) float32, DEMO_BANDS order
+    valid: Any  # (H, W) bool
+    truth: Any  # (H, W) uint8 land-cover codes (0 unknown), from the demo's truth map
+    classes: tuple[str, ...]
+    item_id: str
+    bands: tuple[str, ...] = DEMO_BANDS
+
+
+def read_demo_scene(
+    items_path: str | Path, scenes_root: str | Path, preset: Preset, size: int = 256
+) -> DemoScene:
+    """The centre ``size`` x ``size`` pixels of the least cloudy demo acquisition, for pictures.
+
+    Read by :func:`eo_jepa.chips.read.read_chip` (the chip builder's reader), so the values are
+    exactly what chips hold: harmonised reflectance x 10000, SCL-masked.
+    """
+    import numpy as np
+    import rasterio
+    from rasterio.windows import from_bounds
+    from shapely.geometry import box
+
+    from eo_jepa.chips.grid import Location
+    from eo_jepa.chips.read import SourceCache, gdal_env, read_chip
+    from eo_jepa.demo.scenes import CLASSES
+    from eo_jepa.stac import load_static_items
+
+    items = sorted(load_static_items(items_path), key=lambda it: (it.cloud_cover or 0.0, it.id))
+    item = items[0]
+    asset = item.assets["B04"]
+    a, _, c, _, e, f = asset.transform[:6]
+    rows, cols = asset.shape
+    size = min(size, rows, cols)
+    x0 = c + a * ((cols - size) // 2)
+    y0 = f + e * ((rows - size) // 2)
+    span = 10.0 * size
+    loc = Location(
+        location_id="demo-scene",
+        aoi_id="demo-scene",
+        split="test",
+        label=None,
+        start="2000-01-01",
+        end="2100-01-01",
+        epsg=int(item.epsg or asset.epsg),
+        x0=float(x0),
+        y0=float(y0),
+        gsd=10.0,
+        size=int(size),
+        footprint=box(x0, y0 - span, x0 + span, y0),
+    )
+    cfg = demo_chip_config(preset, Path(scenes_root) / "aois.geojson")
+    cache = SourceCache()
+    try:
+        with gdal_env():
+            chip = read_chip(item, loc, cfg, cache)
+    finally:
+        cache.close()
+    tile = item.id.split("_T")[-1][:5]
+    with rasterio.open(Path(scenes_root) / "landcover" / f"{tile}.tif") as src:
+        window = from_bounds(x0, y0 - span, x0 + span, y0, src.transform)
+        truth = src.read(1, window=window, out_shape=(size, size))
+    assert chip.pixels is not None
+    return DemoScene(chip.pixels.astype(np.float32), chip.valid, truth, CLASSES, item.id)
+
+
+def true_colour(
+    pixels: Any, bands: tuple[str, ...] = DEMO_BANDS, stats: dict[str, dict[str, float]] | None = None
+) -> Any:
+    """(H, W, 3) float in [0, 1] from red/green/blue (C, H, W) raw values.
+
+    Stretched between the 2nd and 98th percentile of these pixels, or of a dataset when its
+    ``norm_stats`` (with ``p2``/``p98``) are given, so that chips share one colour scale.
+    """
+    import numpy as np
+
+    rgb = np.stack([pixels[list(bands).index(b)] for b in ("red", "green", "blue")], axis=-1).astype(
+        np.float64
+    )
+    if stats is not None:
+        lo = min(stats[b]["p2"] for b in ("red", "green", "blue"))
+        hi = max(stats[b]["p98"] for b in ("red", "green", "blue"))
+    else:
+        lo, hi = np.percentile(rgb, [2, 98])
+    return np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1)
+
+
+def pca_map(encoder: Any, pixels: Any, valid: Any) -> Any:
+    """PCA -> RGB (h, w, 3) uint8 of the encoder's dense features on ``pixels`` (eval's PCA code)."""
+    import numpy as np
+
+    from eo_jepa.eval.features import dense_features
+    from eo_jepa.eval.pca import patch_validity, pca_components, to_rgb
+
+    feats = dense_features(encoder, pixels)
+    grid = feats.shape[1:]
+    pvalid = patch_validity(np.asarray(valid, bool), int(encoder.patch_size), grid)
+    if pvalid.sum() < 2:
+        pvalid = np.ones(grid, bool)
+    return to_rgb(pca_components(feats, pvalid), pvalid)
+
+
+def write_pca_figure(path: Path, scene: DemoScene, encoders: dict[str, Any]) -> Path:
+    """True colour | land-cover truth | PCA of the dense features of each encoder, side by side."""
+    # The object-oriented API (no pyplot): no global backend switch, safe inside notebooks.
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    colours = ["#000000", "#2b6cb0", "#2f855a", "#d69e2e", "#c05621", "#718096"]
+    panels = 2 + len(encoders)
+    fig = Figure(figsize=(3.2 * panels, 3.5))
+    axes = fig.subplots(1, panels)
+    axes[0].imshow(true_colour(scene.pixels))
+    axes[0].set_title("true colour (masked: cloud)", fontsize=9)
+    axes[0].contour(~scene.valid, levels=[0.5], colors="red", linewidths=0.5)
+    axes[1].imshow(
+        scene.truth, cmap=ListedColormap(colours), vmin=0, vmax=len(colours) - 1, interpolation="nearest"
+    )
+    axes[1].set_title("land-cover truth", fontsize=9)
+    handles = [Patch(color=colours[i + 1], label=name) for i, name in enumerate(scene.classes)]
+    axes[1].legend(handles=handles, fontsize=6, loc="lower left", framealpha=0.8)
+    for ax, (tag, enc) in zip(axes[2:], encoders.items(), strict=True):
+        ax.imshow(pca_map(enc, scene.pixels, scene.valid), interpolation="nearest")
+        ax.set_title(f"PCA of features, {tag}", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(scene.item_id, fontsize=8)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    return path
 
 
 _STEP_FUNCS: dict[str, Callable[[Path, Preset, QuickstartResult, Say], dict[str, Any]]] = {
