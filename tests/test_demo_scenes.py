@@ -97,7 +97,10 @@ def test_assets_are_cogs_matching_their_proj_fields(items):
             assert a["gsd"] == expected_gsd
         # The raster lies inside its MGRS tile, whose upper-left corner is on the S2 tiling grid.
         minx = it["assets"]["B04"]["proj:bbox"][0]
-        assert any(0 <= minx - ox < 109_800 for ox in tile_origins)
+        assert any(0 <= minx - ox < 109_800 and (minx - ox) % 60 == 0 for ox in tile_origins)
+        # Aligned with the chip builder's zone-global chip grid (origins at multiples of 640/1280 m).
+        bounds = np.array(it["assets"]["B04"]["proj:bbox"])
+        assert np.all(bounds % 1280 == 0)
         # Item geometry (EPSG:4326) is the raster footprint.
         to_utm = Transformer.from_crs(4326, 32632, always_xy=True)
         footprint = shapely.transform(shape(it["geometry"]), to_utm.transform, interleaved=False)

@@ -46,8 +46,13 @@ EPSG = 32632  # WGS 84 / UTM zone 32N
 TILE_SIZE_M = 109_800
 # Real MGRS tiles of zone 32N with their Sentinel-2 tile-grid upper-left corners.
 TILES: dict[str, tuple[float, float]] = {"32TQM": (699_960.0, 4_700_040.0), "32TPM": (600_000.0, 4_700_040.0)}
-# Offset of the rasters' upper-left corner inside the tile (multiples of 60 m so 10/20/60 m grids align).
-SUBAREA_OFFSET_M = (30_000.0, 39_960.0)
+# Upper-left corner of each demo raster (a sub-area of the tile): multiples of 7680 m, so the 10/20/60 m
+# grids align and so do the chip builder's zone-global chip grids (origins at multiples of chip_size *
+# gsd: 640, 1280, 2560 m); raster sides are multiples of 3840 m, hence no chip straddles a raster edge.
+SUBAREA_ORIGINS: dict[str, tuple[float, float]] = {
+    "32TQM": (729_600.0, 4_654_080.0),
+    "32TPM": (629_760.0, 4_654_080.0),
+}
 
 CLASSES: tuple[str, ...] = ("water", "vegetation", "cropland", "bare", "urban")
 CLASS_CODES = {name: i + 1 for i, name in enumerate(CLASSES)}  # 0 = unknown in the truth map
@@ -108,7 +113,7 @@ MAX_DATES = len(_ACQUISITIONS)
 # cell size (px), polygon AOIs per class per tile, AOI side (px).
 _SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"pixels": 384, "tiles": ("32TQM",), "cell": 64, "aois_per_class": 4, "aoi_px": 24},
-    "small": {"pixels": 768, "tiles": ("32TQM", "32TPM"), "cell": 64, "aois_per_class": 8, "aoi_px": 40},
+    "small": {"pixels": 768, "tiles": ("32TQM", "32TPM"), "cell": 64, "aois_per_class": 10, "aoi_px": 40},
 }
 _WARP_PX = 6  # max displacement of land-cover boundaries from the cell grid
 _SHADOW_SHIFT_PX = (-28, -22)  # clouds' shadows fall north-west (sun in the south-east at 10:30)
@@ -243,7 +248,7 @@ def make_demo_scenes(
     return _reuse(root, params) or _fail(root)
 
 
-_GENERATOR_VERSION = 2
+_GENERATOR_VERSION = 3
 
 
 def _fail(root: Path) -> DemoScenes:
@@ -337,9 +342,7 @@ class _TileScene:
     def __init__(self, tile: str, spec: Mapping[str, Any], seed: int, tile_index: int) -> None:
         self.tile = tile
         self.n = n = int(spec["pixels"])
-        ulx, uly = TILES[tile]
-        self.x0 = ulx + SUBAREA_OFFSET_M[0]
-        self.y0 = uly - SUBAREA_OFFSET_M[1]
+        self.x0, self.y0 = SUBAREA_ORIGINS[tile]
         self.seed = seed
         self.tile_index = tile_index
         rng = np.random.default_rng([seed, tile_index, 7])
