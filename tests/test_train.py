@@ -142,23 +142,30 @@ def _free_port() -> int:
 
 
 def test_two_gloo_processes_match_one_process_on_the_whole_batch(store, tmp_path):
-    """DDP + global-batch SIGReg (+ synced BatchNorm): one step on 2x8 chips == one step on 16."""
+    """DDP and FSDP + global-batch SIGReg (+ synced BatchNorm): one step on 2x8 chips == one step on 16."""
     one_step = ["max_steps=1", "log.tensorboard=false", "optim.weight_decay=0.0"]
     single = subprocess.run(
         _train_cmd(store, tmp_path, "single", "data.batch_size=16", *one_step),
         env=_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp_cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-        "--master-port", str(_free_port()), "-m", "eo_jepa",
-        *_train_cmd(store, tmp_path, "ddp", "data.batch_size=8", *one_step)[3:],
-    ]  # fmt: skip
-    ddp = subprocess.run(ddp_cmd, env=_env(), capture_output=True, text=True, timeout=600)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
     a = load_state(tmp_path / "single" / "checkpoints" / "last.pt")
-    b = load_state(tmp_path / "ddp" / "checkpoints" / "last.pt")
     init = _initial_state(store)
+    for strategy in ("ddp", "fsdp"):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+            "--master-port", str(_free_port()), "-m", "eo_jepa",
+            *_train_cmd(store, tmp_path, strategy, "data.batch_size=8", f"dist.strategy={strategy}", *one_step)[3:],
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        _assert_same_step(a, load_state(tmp_path / strategy / "checkpoints" / "last.pt"), init)
+        ra = json.loads((tmp_path / "single" / "metrics.jsonl").read_text())
+        rb = json.loads((tmp_path / strategy / "metrics.jsonl").read_text())
+        assert math.isclose(ra["sigreg"], rb["sigreg"], rel_tol=1e-4)  # SIGReg of the global batch on rank 0
+
+
+def _assert_same_step(a: dict, b: dict, init: dict) -> None:
     assert a["model"].keys() == b["model"].keys()
     keys = [k for k, v in a["model"].items() if v.is_floating_point()]
     for k, va in a["model"].items():
@@ -173,9 +180,6 @@ def test_two_gloo_processes_match_one_process_on_the_whole_batch(store, tmp_path
     upd = float(((pa - p0) - (pb - p0)).norm() / (pa - p0).norm())
     assert float((pa - p0).abs().max()) > 1e-4  # the step really moved the weights
     assert upd < 0.02, upd
-    ra = json.loads((tmp_path / "single" / "metrics.jsonl").read_text())
-    rb = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text())
-    assert math.isclose(ra["sigreg"], rb["sigreg"], rel_tol=1e-4)  # SIGReg of the global batch on rank 0
 
 
 def _initial_state(store: Path) -> dict[str, torch.Tensor]:

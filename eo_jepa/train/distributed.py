@@ -86,12 +86,28 @@ def wrap(model: nn.Module, env: DistEnv, strategy: str = "ddp") -> nn.Module:
     return DDP(model, device_ids=ids, broadcast_buffers=True)
 
 
+class _AllReduceSumGrad(torch.autograd.Function):
+    """Sum over ranks; the backward sums the incoming gradients over ranks too (each rank's
+    output feeds every rank's loss through the shared statistics)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = x.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = grad.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+
 class CpuSyncBatchNorm(nn.BatchNorm1d):
     """BatchNorm1d whose batch statistics cover all ranks, for CPU/gloo (``nn.SyncBatchNorm`` is GPU-only).
 
     Two differentiable all-reduces (sum and count, then the centred sum of squares) give the
-    global mean and biased variance; ``torch.distributed.nn.functional.all_reduce`` sums the
-    gradients back over ranks, so with DDP's averaging the gradients equal those of one process
+    global mean and biased variance; the backward sums the gradients over ranks, so with DDP's averaging the gradients equal those of one process
     on the concatenated batch. Outside training or a process group it is a plain BatchNorm1d.
     """
 
@@ -100,8 +116,7 @@ class CpuSyncBatchNorm(nn.BatchNorm1d):
             self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         ):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSumGrad.apply
         n_local = torch.tensor([float(x.shape[0])], dtype=x.dtype, device=x.device)
         summed = all_reduce(torch.cat([x.sum(0), n_local]))
         n = summed[-1]

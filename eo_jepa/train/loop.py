@@ -62,7 +62,7 @@ class LeJEPAModel(nn.Module):
     def forward(
         self, globals_: torch.Tensor, locals_: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Views (V, B, C, S, S) -> (global embeddings (Vg, B, D), global proj (Vg, B, P), local proj).
+        """Views (V, B, C, S, S) -> (global embeddings (Vg, B, D) detached, global proj (Vg, B, P), local proj).
 
         The projector runs once on the embeddings of all views, so its BatchNorm statistics
         cover every view (as in the paper's reference code).
@@ -74,9 +74,10 @@ class LeJEPAModel(nn.Module):
         else:
             emb_all = emb
         proj = self.projector(emb_all)
-        proj_g = proj[: vg * b].view(vg, b, -1)
-        proj_l = proj[vg * b :].view(-1, b, proj.shape[-1]) if locals_ is not None else None
-        return emb.view(vg, b, -1), proj_g, proj_l
+        # clones: FSDP warns about returning views (in-place ops on them would skip its hooks)
+        proj_g = proj[: vg * b].reshape(vg, b, -1).clone()
+        proj_l = proj[vg * b :].reshape(-1, b, proj.shape[-1]).clone() if locals_ is not None else None
+        return emb.detach().reshape(vg, b, -1).clone(), proj_g, proj_l
 
 
 def lr_factor(step: int, total: int, warmup: int, final_ratio: float) -> float:
