@@ -275,3 +275,32 @@ def test_bad_parameters_raise_clear_errors(tmp_path):
         make_demo_scenes(tmp_path, size="huge")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="n_dates=1 is out of range"):
         make_demo_scenes(tmp_path, n_dates=1)
+
+
+def test_naip_like_tiles(tmp_path):
+    from eo_jepa.demo.naip import NAIP_EPSG, make_naip_scenes
+
+    naip = make_naip_scenes(tmp_path / "naip", cells=3, years=(2020, 2022))
+    items = naip.items()
+    assert [it["properties"]["naip:year"] for it in items] == ["2020", "2022"]
+    with rasterio.open(naip.landcover_path) as ds:
+        lc, lc_transform, lc_shape = ds.read(1), ds.transform, ds.shape
+    for it in items:
+        pystac.Item.from_dict(it)
+        a = it["assets"]["image"]
+        assert [b["common_name"] for b in a["eo:bands"]] == ["red", "green", "blue", "nir"]
+        with rasterio.open(a["href"]) as ds:
+            assert ds.count == 4 and ds.dtypes[0] == "uint8" and ds.crs.to_epsg() == NAIP_EPSG
+            assert ds.res == (0.6, 0.6) and ds.overviews(1)
+            assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+            assert list(ds.transform)[:6] == pytest.approx(a["proj:transform"])
+            assert [ds.height, ds.width] == a["proj:shape"] == [672, 672]
+            img = ds.read().astype(float)
+        ndvi = (img[3] - img[0]) / (img[3] + img[0] + 1e-6)
+        assert np.median(ndvi[lc == CLASS_CODES["vegetation"]]) > 0.4
+        assert np.median(ndvi[lc == CLASS_CODES["water"]]) < 0
+    to_utm = Transformer.from_crs(4326, NAIP_EPSG, always_xy=True)
+    for f in json.loads(naip.aois_path.read_text())["features"]:
+        geom = shapely.transform(shape(f["geometry"]), to_utm.transform, interleaved=False)
+        inside = ~geometry_mask([geom], out_shape=lc_shape, transform=lc_transform, all_touched=True)
+        assert set(np.unique(lc[inside])) == {CLASS_CODES[f["properties"]["label"]]}

@@ -693,6 +693,7 @@ def _write_cog(
     *,
     nodata: float | None,
     resampling: str = "average",
+    epsg: int = EPSG,
 ) -> Path:
     """Write ``data`` (bands, rows, cols) as a deflate-compressed, tiled COG with overviews, atomically."""
     import rasterio
@@ -707,7 +708,7 @@ def _write_cog(
         "height": data.shape[1],
         "count": data.shape[0],
         "dtype": data.dtype.name,
-        "crs": f"EPSG:{EPSG}",
+        "crs": f"EPSG:{epsg}",
         "transform": Affine(*transform),
         "nodata": nodata,
         "compress": "DEFLATE",
