@@ -322,6 +322,18 @@ def _task_spec(
     }
 
 
+def _process_context() -> Any:
+    """Worker processes from a fork server that has imported the builder once (cheap to start, and
+    safe: the server has no threads); spawn where fork servers do not exist."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["eo_jepa.chips.build", "eo_jepa.chips.read", "zarr", "rasterio"])
+    return ctx
+
+
 def _execute(
     specs: list[dict[str, Any]],
     *,
@@ -349,13 +361,12 @@ def _execute(
             on_done(run_task(spec))
         return
     import concurrent.futures as cf
-    import multiprocessing as mp
 
     pool: cf.Executor
     if executor == "thread":
         pool = cf.ThreadPoolExecutor(workers)
     else:
-        pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        pool = cf.ProcessPoolExecutor(workers, mp_context=_process_context())
     try:
         futures = [pool.submit(run_task, s) for s in specs]
         for fut in cf.as_completed(futures):

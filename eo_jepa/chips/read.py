@@ -167,6 +167,11 @@ def read_to_grid(
         assert col is not None and row is not None and n is not None
         c0, r0 = max(col, 0), max(row, 0)
         c1, r1 = min(col + n, ds.width), min(row + n, ds.height)
+        if (c0, r0, c1, r1) == (col, row, col + n, row + n):  # wholly inside: the common case
+            data = ds.read(
+                indexes, window=Window(col, row, n, n), out_shape=(len(indexes), size, size), resampling=alg
+            )
+            return data, np.ones((size, size), dtype=bool)
         out = np.zeros((len(indexes), size, size), dtype=ds.dtypes[0])
         covered = np.zeros((size, size), dtype=bool)
         if c1 <= c0 or r1 <= r0:
@@ -282,7 +287,9 @@ def read_chip(
     elif mask_key is not None:
         (scl,), covered = read(mask_key, [1], "nearest")
         # SCL class 0 is "no data" whatever mask_classes says; the other listed classes are "cloud".
-        mask = (~covered | (scl == 0), np.isin(scl, [c for c in cfg.mask_classes if c != 0]))
+        lut = np.zeros(256, dtype=bool)
+        lut[[c for c in cfg.mask_classes if 0 < c < 256]] = True
+        mask = (~covered | (scl == 0), lut[scl])
     if mask is not None:
         nodata |= mask[0]
         cloud |= mask[1]

@@ -27,18 +27,38 @@ class BandHistograms:
             raise ValueError(f"exact histograms need uint8/uint16 pixels, got {dtype}")
         self.bands = list(bands)
         self.dtype = kind.name
-        self.counts = np.zeros((len(self.bands), 1 << (8 * kind.itemsize)), dtype=np.int64)
+        self._counts = np.zeros((len(self.bands), 1 << (8 * kind.itemsize)), dtype=np.int64)
+        self._pending: list[np.ndarray] = []
+        self._pending_size = 0
 
     def update(self, pixels: np.ndarray, valid: np.ndarray) -> None:
-        """Add one chip: pixels (C, H, W) of the histogram dtype, valid (H, W) bool."""
-        nbins = self.counts.shape[1]
-        for c in range(len(self.bands)):
-            self.counts[c] += np.bincount(pixels[c][valid], minlength=nbins)
+        """Add one chip: pixels (C, H, W) of the histogram dtype, valid (H, W) bool.
+
+        Valid pixels are buffered and counted in batches (one bincount per band per ~16 M values).
+        """
+        self._pending.append(pixels[:, valid])
+        self._pending_size += self._pending[-1].size
+        if self._pending_size >= 1 << 24:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            values = np.concatenate(self._pending, axis=1)
+            nbins = self._counts.shape[1]
+            for c in range(len(self.bands)):
+                self._counts[c] += np.bincount(values[c], minlength=nbins)
+            self._pending, self._pending_size = [], 0
+
+    @property
+    def counts(self) -> np.ndarray:
+        """(bands, bins) int64 counts."""
+        self._flush()
+        return self._counts
 
     def merge(self, other: BandHistograms) -> BandHistograms:
         if other.bands != self.bands or other.dtype != self.dtype:
             raise ValueError("cannot merge histograms of different bands or dtypes")
-        self.counts += other.counts
+        self._counts += other.counts
         return self
 
     # Partials travel inside a task's JSON journal entry as sparse (value, count) lists: a few kB.
@@ -54,7 +74,7 @@ class BandHistograms:
         out = cls(data["bands"], data["dtype"])
         for i, band in enumerate(out.bands):
             values, counts = data["hist"][band]
-            out.counts[i, np.asarray(values, dtype=np.int64)] = np.asarray(counts, dtype=np.int64)
+            out._counts[i, np.asarray(values, dtype=np.int64)] = np.asarray(counts, dtype=np.int64)
         return out
 
     def summary(self, units: str = "") -> dict[str, Any]:
