@@ -151,3 +151,55 @@ def test_missing_postgres_is_a_clear_error(monkeypatch, tmp_path):
         stac_api_server({}, []),
     ):
         pass
+
+
+def test_servers_do_not_outlive_a_killed_owner(demo_scenes_tiny, tmp_path):
+    """kill -9 of the process running the servers: the API and range server die with it, and the next
+    start removes its orphaned PostgreSQL cluster."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = (
+        "import sys, time\n"
+        "from eo_jepa.demo.servers import range_http_server, stac_api_server\n"
+        "with range_http_server(sys.argv[1]) as u, stac_api_server(sys.argv[2], sys.argv[3]) as s:\n"
+        "    print(u, s, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    d = demo_scenes_tiny
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(d.cog_dir), str(d.collection_path), str(d.items_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        range_url, api_url = proc.stdout.readline().split()
+        assert urllib.request.urlopen(api_url + "/collections", timeout=10).status == 200
+        clusters = [
+            p.parent
+            for p in Path("/tmp").glob("eo-jepa-pgstac-*/owner.pid")
+            if p.read_text() == str(proc.pid)
+        ]
+        assert len(clusters) == 1
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+
+    def reachable(url):
+        try:
+            urllib.request.urlopen(url, timeout=2)
+        except OSError:
+            return False
+        return True
+
+    deadline = time.monotonic() + 20
+    while (reachable(range_url) or reachable(api_url + "/")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not reachable(range_url) and not reachable(api_url + "/")
+    assert (clusters[0] / "data" / "postmaster.pid").exists()  # postgres itself is a daemon: orphaned
+    servers._remove_stale_clusters(servers.find_postgres_bindir(), os.geteuid() == 0)
+    assert not clusters[0].exists()

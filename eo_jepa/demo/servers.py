@@ -40,6 +40,20 @@ _INSTALL_HINT = "install PostgreSQL 15 + PostGIS 3 (`bash .ci/system-deps`, Debi
 # --------------------------------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: on Linux, SIGTERM this child when the process that started it dies (even by SIGKILL).
+
+    Linux ties this to the *thread* that started the child: start the servers from a thread that
+    outlives their use (the main thread, as pytest fixtures and scripts do).
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _range_handler(root: str) -> Any:
     from RangeHTTPServer import RangeRequestHandler
 
@@ -80,6 +94,7 @@ def range_http_server(
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        preexec_fn=_die_with_parent,
     )
     try:
         assert proc.stdout is not None
@@ -152,6 +167,38 @@ def _check_postgis(bindir: Path) -> None:
         )
 
 
+_CLUSTER_PREFIX = "eo-jepa-pgstac-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_clusters(bindir: Path, as_root: bool) -> None:
+    """Stop and delete clusters left behind by processes that were killed before they could clean up."""
+    for folder in Path("/tmp").glob(_CLUSTER_PREFIX + "*"):
+        try:
+            owner = int((folder / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if _pid_alive(owner):
+            continue
+        if (folder / "data" / "postmaster.pid").exists():
+            cmd = [os.fspath(bindir / "pg_ctl"), "-D", os.fspath(folder / "data"), "-m", "immediate", "stop"]
+            if as_root:
+                cmd = ["runuser", "-u", "postgres", "--", *cmd]
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(cmd, capture_output=True, timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("removed stale STAC API cluster %s (owner %d is gone)", folder, owner)
+
+
 class _Cluster:
     """A throwaway PostgreSQL cluster in a fresh temp folder, listening on 127.0.0.1 only."""
 
@@ -159,7 +206,9 @@ class _Cluster:
         self.bindir = bindir
         self.as_root = hasattr(os, "geteuid") and os.geteuid() == 0
         # pytest's tmp dirs are mode 700 under /tmp/pytest-of-<user>: the postgres user could not enter them.
-        self.dir = Path(tempfile.mkdtemp(prefix="eo-jepa-pgstac-", dir="/tmp"))
+        _remove_stale_clusters(bindir, self.as_root)
+        self.dir = Path(tempfile.mkdtemp(prefix=_CLUSTER_PREFIX, dir="/tmp"))
+        (self.dir / "owner.pid").write_text(str(os.getpid()))
         os.chmod(self.dir, 0o755)
         if self.as_root:
             shutil.chown(self.dir, "postgres", "postgres")
@@ -295,7 +344,7 @@ def stac_api_server(
         api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app", "--factory",
              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=cluster.dir,
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=cluster.dir, preexec_fn=_die_with_parent,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + startup_timeout
