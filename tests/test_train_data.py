@@ -11,6 +11,7 @@ import xarray as xr
 from rasterio.transform import from_origin
 
 from eo_jepa.errors import BandMismatchError, DataError
+from eo_jepa.train.checkpointing import load_state
 from eo_jepa.train.config import load_train_config
 from eo_jepa.train.data import RasterFolderDataset
 
@@ -97,10 +98,10 @@ def test_raster_folder_errors(tmp_path):
 
 
 def test_training_on_a_raster_folder(tmp_path):
-    """One training step from a GeoTIFF folder, statistics from a JSON file."""
+    """Training from a GeoTIFF folder (statistics from a JSON file) with gradient accumulation."""
     from eo_jepa.train.loop import train
 
-    _write_tifs(tmp_path / "tifs", n=8, size=32)
+    _write_tifs(tmp_path / "tifs", n=12, size=32)
     stats = {"bands": {b: {"mean": 2500.0, "std": 1400.0} for b in ("red", "green", "blue", "nir")}}
     (tmp_path / "stats.json").write_text(json.dumps(stats))
     cfg = load_train_config(
@@ -108,13 +109,18 @@ def test_training_on_a_raster_folder(tmp_path):
         [
             f"output_dir={tmp_path}", "data.kind=raster_folder", f"data.path={tmp_path / 'tifs'}",
             "data.bands=[red, green, blue, nir]", "data.band_map={red: 1, green: 2, blue: 3, nir: 4}",
-            f"data.norm_stats={tmp_path / 'stats.json'}", "data.batch_size=4", "max_steps=2",
+            f"data.norm_stats={tmp_path / 'stats.json'}", "data.batch_size=4", "max_steps=3", "optim.grad_accum=2",
             "log.tensorboard=false",
         ],
     )  # fmt: skip
     run = train(cfg)
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+    assert len(rows) == 3 and all(np.isfinite(r["loss"]) for r in rows)
+    # 12 files / batch 4 = 3 micro-batches per epoch = 1 optimiser step per epoch with grad_accum=2
+    # (the third micro-batch is skipped: gradients never leak across an epoch boundary)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    state = load_state(run / "checkpoints" / "last.pt")
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (3, 2, 2)
     assert json.loads((run / "data.json").read_text())["model_norm_stats"]["red"] == {
         "mean": 2500.0,
         "std": 1400.0,

@@ -275,6 +275,7 @@ class EpochBatchSampler(Sampler):
         self.batch_size = batch_size
         self.epoch = 0
         self.start = 0
+        self.limit: int | None = None  # batches per epoch actually used (whole accumulation groups)
         if len(self) == 0:
             raise DataError(
                 f"{n} samples over {world_size} process(es) do not fill one batch of {batch_size}; "
@@ -287,7 +288,8 @@ class EpochBatchSampler(Sampler):
         self.inner.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.inner) // self.batch_size
+        n = len(self.inner) // self.batch_size
+        return n if self.limit is None else min(n, self.limit)
 
     def __iter__(self) -> Iterator[tuple[int, tuple[int, ...]]]:
         idx = list(self.inner)

@@ -297,6 +297,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
             raise DataError(
                 f"One epoch has {batches_per_epoch} batches, fewer than optim.grad_accum={cfg.optim.grad_accum}."
             )
+        sampler.limit = steps_per_epoch * cfg.optim.grad_accum  # no partial accumulation at epoch ends
         total = cfg.epochs * steps_per_epoch
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps) if cfg.epochs else cfg.max_steps
