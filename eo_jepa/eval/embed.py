@@ -51,10 +51,7 @@ def embed_chips(
     from eo_jepa.chips import ChipDataset
 
     ds = ChipDataset(store)
-    index = ds.index
-    ok = index[index["status"] == "ok"].sort_values("row") if "status" in index.columns else index
-    if len(ok) != len(ds):
-        raise DataError(f"The index of {str(store)!r} does not match its chips; rebuild the store.")
+    ok = ds.index  # the ok chips, in dataset order (the order features are extracted in)
     feats = extract_features(
         encoder, ds, kind=kind, batch_size=batch_size, device=device, bf16=bf16, desc="embed"
     )

@@ -101,7 +101,7 @@ def load_chip(store: Path, key: str | None, model_bands: tuple[str, ...]) -> tup
                 f"Chip index {pos} is out of range; the store {str(store)!r} has {len(ds)} chips."
             )
     else:
-        ids = ds.index[ds.index["status"] == "ok"].sort_values("row")["chip_id"].astype(str).tolist()
+        ids = ds.index["chip_id"].astype(str).tolist()  # dataset order
         if key not in ids:
             raise DataError(
                 f"Chip id {key!r} is not in the store {str(store)!r}; pass a position or a chip id."
