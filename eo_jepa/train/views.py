@@ -279,7 +279,11 @@ class MultiCropViews:
             sel = x[idx]
             x[idx] = (sel * self.gray_w).sum(dim=1, keepdim=True).expand_as(sel)
         if (idx := subset(p["blur"])) is not None:
-            x[idx] = _gaussian_blur(x[idx], torch.from_numpy(p["sigma"][idx.numpy()]).float())
+            sigma = torch.from_numpy(p["sigma"][idx.numpy()]).float()
+            radius = torch.ceil(3 * sigma).long()
+            for r in radius.unique().tolist():  # one grouped convolution per kernel radius, in place
+                sel = radius == r
+                x[idx[sel]] = _blur_same_radius(x[idx[sel]], sigma[sel])
         if self.mode == "rgb":
             if (idx := subset(p["solarize"])) is not None:
                 sel = x[idx]
@@ -386,16 +390,6 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     out_g = torch.stack([t, v, v, q, p, p], 1).gather(1, i.unsqueeze(1))
     out_b = torch.stack([p, p, t, v, v, q], 1).gather(1, i.unsqueeze(1))
     return torch.cat([out_r, out_g, out_b], 1)
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Gaussian blur with one sigma per image, truncated at 3 sigma (images grouped by kernel radius)."""
-    out = torch.empty_like(x)
-    radius = torch.ceil(3 * sigma).long()
-    for r in radius.unique().tolist():
-        idx = (radius == r).nonzero().flatten()
-        out[idx] = _blur_same_radius(x[idx], sigma[idx])
-    return out
 
 
 def _blur_same_radius(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
