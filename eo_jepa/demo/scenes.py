@@ -713,6 +713,7 @@ def _write_cog(
         "nodata": nodata,
         "compress": "DEFLATE",
         "predictor": 2,
+        "level": 1,  # fastest deflate: ~2x quicker writes for ~5% larger files
         "blocksize": _blocksize(data.shape),
         "overview_resampling": resampling,
         "num_threads": 1,
