@@ -268,3 +268,17 @@ def test_chip_store_probe_and_pca(model_dir, chip_store, tmp_path):
     with Image.open(tmp_path / "c2.png") as img:
         assert img.size == (64, 64)
     assert (tmp_path / "c2.png").read_bytes() == (tmp_path / "cid.png").read_bytes()
+    invoke(
+        "eval",
+        "health",
+        "--model",
+        model_dir,
+        "--data",
+        chip_store,
+        "--features",
+        "probe",
+        "--out",
+        tmp_path / "h.json",
+    )
+    health = json.loads((tmp_path / "h.json").read_text())
+    assert health["n"] == len(ChipDataset(chip_store)) and health["dim"] == 2 * 192
