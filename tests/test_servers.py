@@ -203,3 +203,18 @@ def test_servers_do_not_outlive_a_killed_owner(demo_scenes_tiny, tmp_path):
     assert (clusters[0] / "data" / "postmaster.pid").exists()  # postgres itself is a daemon: orphaned
     servers._remove_stale_clusters(servers.find_postgres_bindir(), os.geteuid() == 0)
     assert not clusters[0].exists()
+
+
+def test_postgres_without_postgis_is_a_clear_error(monkeypatch, tmp_path):
+    fake = tmp_path / "99" / "bin"
+    fake.mkdir(parents=True)
+    for name in ("initdb", "pg_ctl", "postgres"):
+        (fake / name).write_text("#!/bin/sh\nexit 1\n")
+    monkeypatch.setenv("EO_JEPA_PG_BINDIR", str(fake))
+    with monkeypatch.context() as m:
+        m.setattr(servers.glob, "glob", lambda pattern: [])
+        m.setattr(servers.shutil, "which", lambda name: None)
+        with pytest.raises(RuntimeError, match=r"PostGIS extension .* was not found .*system-deps"):
+            servers.find_postgres_bindir()
+    # With the real installation also present, the one that has PostGIS is chosen.
+    assert servers.find_postgres_bindir() != fake

@@ -128,10 +128,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def find_postgres_bindir() -> Path:
-    """The folder holding ``initdb``/``pg_ctl``/``postgres``; a clear RuntimeError when absent.
+    """The folder holding ``initdb``/``pg_ctl``/``postgres`` of a PostgreSQL that has PostGIS installed.
 
     Looks at ``$EO_JEPA_PG_BINDIR``, then Debian's ``/usr/lib/postgresql/<version>/bin`` (newest first),
-    then ``PATH``.
+    then ``PATH``; prefers the first with PostGIS (CI images often ship a newer PostgreSQL without it).
+    Raises a RuntimeError naming the missing binary or extension and how to install them.
     """
     candidates: list[Path] = []
     if env := os.environ.get("EO_JEPA_PG_BINDIR"):
@@ -140,31 +141,32 @@ def find_postgres_bindir() -> Path:
     candidates += [Path(p) for p in reversed(versions)]
     if initdb := shutil.which("initdb"):
         candidates.append(Path(initdb).parent)
-    for folder in candidates:
-        missing = [b for b in ("initdb", "pg_ctl", "postgres") if not (folder / b).is_file()]
-        if not missing:
+    complete = [f for f in candidates if all((f / b).is_file() for b in ("initdb", "pg_ctl", "postgres"))]
+    if not complete:
+        raise RuntimeError(
+            f"PostgreSQL binary 'initdb' (also pg_ctl, postgres) was not found; {_INSTALL_HINT}."
+        )
+    for folder in complete:
+        if _has_postgis(folder):
             return folder
-    raise RuntimeError(f"PostgreSQL binary 'initdb' (also pg_ctl, postgres) was not found; {_INSTALL_HINT}.")
+    raise RuntimeError(
+        f"The PostGIS extension (postgis.control) was not found for PostgreSQL in {complete[0]}; {_INSTALL_HINT}."
+    )
 
 
 def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(p) for p in name.split(".") if p.isdigit())
 
 
-def _check_postgis(bindir: Path) -> None:
-    share = None
+def _has_postgis(bindir: Path) -> bool:
+    shares = [Path("/usr/share/postgresql") / bindir.parent.name]
     pg_config = bindir / "pg_config"
     if pg_config.is_file():
-        with contextlib.suppress(OSError, subprocess.CalledProcessError):
-            share = subprocess.run(
-                [pg_config, "--sharedir"], capture_output=True, text=True, check=True
-            ).stdout
-    shares = [Path(share.strip())] if share else []
-    shares.append(Path("/usr/share/postgresql") / bindir.parent.name)
-    if not any((s / "extension" / "postgis.control").is_file() for s in shares):
-        raise RuntimeError(
-            f"The PostGIS extension (postgis.control) was not found for {bindir}; {_INSTALL_HINT}."
-        )
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([pg_config, "--sharedir"], capture_output=True, text=True, timeout=30).stdout
+            if out.strip():
+                shares.insert(0, Path(out.strip()))
+    return any((s / "extension" / "postgis.control").is_file() for s in shares)
 
 
 _CLUSTER_PREFIX = "eo-jepa-pgstac-"
@@ -312,7 +314,6 @@ def stac_api_server(
     missing piece otherwise). Runs as root too (the cluster runs as the ``postgres`` user).
     """
     bindir = find_postgres_bindir()
-    _check_postgis(bindir)
     coll = _as_json(collection)
     loaded = _as_json(items)
     item_list = list(loaded["features"] if isinstance(loaded, Mapping) else loaded)
