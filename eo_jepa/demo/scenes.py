@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -142,7 +142,6 @@ class DemoScenes:
     classes: tuple[str, ...] = CLASSES
     seed: int = 0
     size: str = "tiny"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def items(self, base_url: str | None = None) -> list[dict[str, Any]]:
         """The STAC items as dicts; with ``base_url``, hrefs point at an HTTP server serving ``cog_dir``."""
