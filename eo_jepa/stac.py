@@ -234,6 +234,7 @@ def _search_api(
 ) -> list[ItemInfo]:
     import requests
     from pystac_client.exceptions import APIError
+    from pystac_client.warnings import PystacClientWarning
 
     query = {"eo:cloud_cover": {"lte": max_cloud_cover}} if max_cloud_cover is not None else None
     try:
@@ -246,7 +247,8 @@ def _search_api(
             max_items=max_items,
         )
         return [parse_item(item) for item in search.items_as_dicts()]
-    except (APIError, requests.RequestException, OSError) as exc:
+    except (APIError, requests.RequestException, OSError, ValueError, PystacClientWarning) as exc:
+        # PystacClientWarning (raised as DoesNotConformTo): the API lacks item search; ValueError: bad JSON
         raise StacError(
             f"STAC search at {url} failed ({_short(exc)}); check that the API is up and the collection "
             f"{collection!r} exists, then retry."

@@ -291,3 +291,22 @@ def test_pgstac_search_matches_static_filtering(scenes, api_url):
         )
         == []
     )
+
+
+def test_api_without_item_search_is_clear():
+    landing = {"type": "Catalog", "id": "x", "description": "x", "stac_version": "1.0.0",
+               "conformsTo": ["https://api.stacspec.org/v1.0.0/core"], "links": []}  # fmt: skip
+    server = _Server(lambda path: (200, landing))
+    try:
+        with pytest.raises(StacError, match="failed") as err:
+            search_items(
+                server.url,
+                collection="c",
+                intersects=mapping(box(0, 0, 1, 1)),
+                start="2023-01-01",
+                end="2023-01-02",
+                retries=0,
+            )
+        assert "\n" not in str(err.value)
+    finally:
+        server.close()
