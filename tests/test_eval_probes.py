@@ -266,3 +266,12 @@ def test_grouped_split_keeps_places_together():
     assert np.array_equal(
         split["test"], stratified_split(labels, test_fraction=0.25, seed=3, groups=groups)["test"]
     )
+
+
+def test_workers_give_the_same_features(tif_folder):
+    data = open_labelled(tif_folder)
+    enc = RandomProjectionEncoder(BANDS5, img_size=32, norm_stats=NORM_STATS5)
+    idx = data.splits["test"]
+    inline = extract_features(enc, data.dataset, indices=idx, batch_size=3)
+    parallel = extract_features(enc, data.dataset, indices=idx, batch_size=3, workers=2)
+    np.testing.assert_array_equal(inline, parallel)

@@ -36,6 +36,7 @@ BANDS = typer.Option(
     None, "--bands", help="Band names of unnamed GeoTIFFs in an image folder, e.g. red,green,blue."
 )
 OUT_JSON = typer.Option(None, "--out", help="Also write the results as JSON here.")
+WORKERS = typer.Option(0, "--workers", help="Processes reading images in parallel (0: in the main process).")
 RESIZE = typer.Option(
     False,
     "--resize",
@@ -95,6 +96,7 @@ def _probe(
         device=opts["device"],
         bf16=opts["bf16"],
         resize=opts["resize"],
+        workers=opts["workers"],
         **probe_kw,
     )
     typer.echo(
@@ -133,6 +135,7 @@ def knn_cmd(
     device: str = DEVICE,
     bf16: bool = BF16,
     resize: bool = RESIZE,
+    workers: int = WORKERS,
     out: Path = OUT_JSON,
 ) -> None:
     """Weighted kNN (cosine, k=20, T=0.07) top-1 on frozen probe features; few-shot mean ± std over seeds."""
@@ -148,6 +151,7 @@ def knn_cmd(
         device=device,
         bf16=bf16,
         resize=resize,
+        workers=workers,
     )
     _probe("knn", model, data, opts, out, k=k, temperature=temperature)
 
@@ -170,6 +174,7 @@ def linear_cmd(
     device: str = DEVICE,
     bf16: bool = BF16,
     resize: bool = RESIZE,
+    workers: int = WORKERS,
     out: Path = OUT_JSON,
 ) -> None:
     """Linear probe (LayerNorm + Linear, AdamW wd 1e-6, warm-up + cosine) top-1, mean ± std over seeds."""
@@ -187,6 +192,7 @@ def linear_cmd(
         device=device,
         bf16=bf16,
         resize=resize,
+        workers=workers,
     )
     cfg = LinearProbeConfig(epochs=epochs, lr=lr, weight_decay=weight_decay)
     _probe("linear", model, data, opts, out, linear=cfg)
@@ -206,6 +212,7 @@ def health_cmd(
     batch_size: int = BATCH,
     device: str = DEVICE,
     bf16: bool = BF16,
+    workers: int = WORKERS,
     out: Path = OUT_JSON,
 ) -> None:
     """Effective rank (RankMe) and the SIGReg statistic of the encoder's embeddings of a dataset."""
@@ -235,6 +242,7 @@ def health_cmd(
         batch_size=batch_size,
         device=device,
         bf16=bf16,
+        workers=workers,
     )
     report = {"model": model, "data": str(data), "features": kind, **representation_health(feats)}
     for key, value in report.items():
@@ -253,6 +261,7 @@ def embed_cmd(
     batch_size: int = BATCH,
     device: str = DEVICE,
     bf16: bool = BF16,
+    workers: int = WORKERS,
 ) -> None:
     """One row per chip: footprint geometry, chip_id, label, split and the embedding (GeoParquet)."""
     from eo_jepa.eval.embed import embed_chips
@@ -269,6 +278,7 @@ def embed_cmd(
         device=device,  # type: ignore[arg-type]
         bf16=bf16,
         model_name=model,
+        workers=workers,
     )
     typer.echo(f"wrote {path}")
 

@@ -36,6 +36,7 @@ def embed_chips(
     device: str | None = None,
     bf16: bool = False,
     model_name: str | None = None,
+    workers: int = 0,
 ) -> Path:
     """Embed every ok chip of ``store`` and write ``out`` (GeoParquet) atomically; returns ``out``."""
     import geopandas as gpd
@@ -53,7 +54,7 @@ def embed_chips(
     ds = ChipDataset(store)
     ok = ds.index  # the ok chips, in dataset order (the order features are extracted in)
     feats = extract_features(
-        encoder, ds, kind=kind, batch_size=batch_size, device=device, bf16=bf16, desc="embed"
+        encoder, ds, kind=kind, batch_size=batch_size, device=device, bf16=bf16, workers=workers, desc="embed"
     )
     cols = {c: ok[c].to_numpy() for c in COLUMNS if c in ok.columns}
     frame = gpd.GeoDataFrame(cols, geometry=ok.geometry.to_numpy(), crs=ok.crs or "EPSG:4326")

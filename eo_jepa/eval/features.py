@@ -113,16 +113,46 @@ def _features(encoder: Any, x: torch.Tensor, kind: FeatureKind) -> torch.Tensor:
     return encoder.forward_features(x).mean(dim=(2, 3))
 
 
-def _batches(dataset: Any, indices: Sequence[int], batch_size: int) -> Iterator[torch.Tensor]:
-    for start in range(0, len(indices), batch_size):
-        items = [dataset[int(i)] for i in indices[start : start + batch_size]]
-        pixels = [np.asarray(item["pixels"], dtype=np.float32) for item in items]
-        shapes = {p.shape for p in pixels}
-        if len(shapes) > 1:  # mixed image sizes (image folders): yield one by one
-            for p in pixels:
+class _Pixels:
+    """``dataset[indices[i]]["pixels"]`` as float32 arrays (picklable, for DataLoader workers)."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.indices = [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.dataset[self.indices[i]]["pixels"], dtype=np.float32)
+
+
+def _as_list(items: list[np.ndarray]) -> list[np.ndarray]:
+    return items
+
+
+def _batches(
+    dataset: Any, indices: Sequence[int], batch_size: int, workers: int = 0
+) -> Iterator[torch.Tensor]:
+    """Batches of raw pixels in ``indices`` order; items are read by ``workers`` processes when > 0."""
+    pixels = _Pixels(dataset, indices)
+    if workers > 0:
+        from torch.utils.data import DataLoader
+
+        groups: Iterator[list[np.ndarray]] = iter(
+            DataLoader(pixels, batch_size=batch_size, num_workers=workers, collate_fn=_as_list)  # type: ignore[arg-type]
+        )
+    else:
+        groups = (
+            [pixels[k] for k in range(s, min(s + batch_size, len(pixels)))]
+            for s in range(0, len(pixels), batch_size)
+        )
+    for items in groups:
+        if len({p.shape for p in items}) > 1:  # mixed image sizes (image folders): one by one
+            for p in items:
                 yield torch.from_numpy(p)[None]
         else:
-            yield torch.from_numpy(np.stack(pixels))
+            yield torch.from_numpy(np.stack(items))
 
 
 @torch.inference_mode()
@@ -137,6 +167,7 @@ def extract_features(
     bf16: bool = False,
     data_bands: Sequence[str] | None = None,
     resize: bool = False,
+    workers: int = 0,
     desc: str = "features",
 ) -> np.ndarray:
     """Features of every item (``dataset[i]["pixels"]``, raw units (C,H,W)) as float32 (N, F).
@@ -145,7 +176,7 @@ def extract_features(
     picked from them by name. Images keep their native size (ViTs take any multiple of the patch
     size, and resizing would change the ground sampling distance); they are resized to
     ``encoder.img_size`` (bilinear, antialiased) when ``resize`` or when their size is not a
-    multiple of the patch size.
+    multiple of the patch size. ``workers`` > 0 reads items in that many DataLoader processes.
     """
     dev = resolve_device(device)
     encoder = encoder.eval().to(dev)
@@ -157,7 +188,7 @@ def extract_features(
     out: list[np.ndarray] = []
     checked = data_bands is not None
     with tqdm(total=len(order), desc=desc, unit="img", disable=progress_disabled()) as bar:
-        for raw in _batches(dataset, order, batch_size):
+        for raw in _batches(dataset, order, batch_size, workers):
             if not checked:
                 check_channels(encoder.bands, raw.shape[1])
                 checked = True

@@ -110,6 +110,7 @@ def evaluate(
     device: str | None = None,
     bf16: bool = False,
     resize: bool = False,
+    workers: int = 0,
 ) -> list[ProbeResult]:
     """Extract probe features of the train and evaluation splits once, then run every probe."""
     from eo_jepa.eval.features import extract_features
@@ -123,7 +124,13 @@ def evaluate(
             "The dataset split has an empty train or test part; add labelled samples or a split file."
         )
     common = dict(
-        kind="probe", batch_size=batch_size, device=device, bf16=bf16, data_bands=data.bands, resize=resize
+        kind="probe",
+        batch_size=batch_size,
+        device=device,
+        bf16=bf16,
+        data_bands=data.bands,
+        resize=resize,
+        workers=workers,
     )
     train_x = extract_features(encoder, data.dataset, indices=train_idx, desc="train features", **common)
     test_x = extract_features(encoder, data.dataset, indices=test_idx, desc="test features", **common)
