@@ -305,9 +305,10 @@ def read_chip(
             nodata |= (raw == sensor.nodata).any(axis=0)
         if sensor.name == "sentinel-2-l2a" and cfg.harmonize:
             offset = s2_offset_for_baseline(item.baseline)
-        if offset:
-            info = np.iinfo(raw.dtype)
-            pixels = np.clip(raw.astype(np.int64) + offset, 0, info.max).astype(raw.dtype)
+        if offset < 0:  # DN - |offset|, clipped at 0, without leaving the unsigned dtype
+            pixels = np.maximum(raw, -offset) - raw.dtype.type(-offset)
+        elif offset > 0:
+            pixels = np.clip(raw.astype(np.int64) + offset, 0, np.iinfo(raw.dtype).max).astype(raw.dtype)
         else:
             pixels = raw
     cloud &= ~nodata
