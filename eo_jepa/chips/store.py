@@ -82,6 +82,11 @@ class ChipWriter:
         self.pixels: Any = group["pixels"]
         self.valid: Any = group["valid"]
         self.fsync = fsync
+        self._direct = {
+            name: d
+            for name in ("pixels", "valid")
+            if (d := _DirectChunks.of(group[name], self.root / ZARR_NAME / name))
+        }
         self.rows: list[int] = []
         self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="chip-writer")
         self._pending: list[cf.Future[None]] = []
@@ -91,8 +96,12 @@ class ChipWriter:
         self._pending.append(self._pool.submit(self._write, row, pixels, valid))
 
     def _write(self, row: int, pixels: np.ndarray, valid: np.ndarray) -> None:
-        self.pixels[row] = pixels
-        self.valid[row] = valid
+        for arr, name, data in ((self.pixels, "pixels", pixels), (self.valid, "valid", valid)):
+            direct = self._direct.get(name)
+            if direct is None:
+                arr[row] = data
+            else:
+                direct.write(row, data)
 
     def close(self) -> None:
         """Wait until every chip written is in the store, and on disk when ``fsync``."""
@@ -106,6 +115,68 @@ class ChipWriter:
             for row in self.rows:
                 _fsync(self.root / ZARR_NAME / "pixels" / "c" / str(row) / "0" / "0" / "0")
                 _fsync(self.root / ZARR_NAME / "valid" / "c" / str(row) / "0" / "0")
+
+
+class _DirectChunks:
+    """Encode and write whole chunks of a local Zarr v3 array ourselves.
+
+    For arrays whose codecs are exactly ``bytes`` (little-endian) + ``blosc`` with the default ``c/..``
+    chunk keys (what :func:`create_arrays` makes), a chunk file is just the Blosc frame of the chunk's
+    C-order bytes, which any Zarr reader decodes (Blosc frames are self-describing). Writing it
+    directly (temp file + rename, as zarr does) skips zarr's per-call asyncio machinery, a third of
+    the builder's time on small chips. Anything else falls back to zarr's own ``__setitem__``.
+    """
+
+    def __init__(self, path: Path, compressor: Any, ndim: int) -> None:
+        self.path = path
+        self.compressor = compressor
+        self.tail = ["0"] * (ndim - 1)
+
+    @classmethod
+    def of(cls, arr: Any, path: Path) -> _DirectChunks | None:
+        import sys
+
+        from numcodecs import Blosc
+        from zarr.codecs import BloscCodec, BytesCodec
+        from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+
+        meta = arr.metadata
+        codecs = getattr(meta, "codecs", ())
+        if (
+            sys.byteorder != "little"
+            or len(codecs) != 2
+            or not isinstance(codecs[0], BytesCodec)
+            or getattr(codecs[0].endian, "value", "little") != "little"
+            or not isinstance(codecs[1], BloscCodec)
+            or not isinstance(meta.chunk_key_encoding, DefaultChunkKeyEncoding)
+            or meta.chunk_key_encoding.separator != "/"
+            or tuple(arr.chunks[1:]) != tuple(arr.shape[1:])
+            or arr.chunks[0] != 1
+        ):
+            return None
+        blosc = codecs[1]
+        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+        compressor = Blosc(
+            cname=blosc.cname.value,
+            clevel=blosc.clevel,
+            shuffle=shuffle[blosc.shuffle.value],
+            blocksize=blosc.blocksize,
+        )
+        return cls(path, compressor, arr.ndim)
+
+    def write(self, row: int, data: np.ndarray) -> None:
+        import uuid
+
+        target = self.path.joinpath("c", str(row), *self.tail)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        frame = self.compressor.encode(np.ascontiguousarray(data))
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+        try:
+            tmp.write_bytes(frame)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def _syncfs(path: Path) -> bool:
