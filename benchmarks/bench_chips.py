@@ -110,7 +110,7 @@ def main() -> None:
         f"dates_per_location={args.dates}",
         "max_cloud_fraction=1.0",
         "max_nodata_fraction=1.0",
-        "task_size=4",
+        "task_size=6",
         "max_candidates=8",
     ]
     cfg = load_config(

@@ -10,6 +10,7 @@ is the chip itself, so it too reads only the source blocks under the chip. Whole
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -144,6 +145,14 @@ def _as_int(value: float) -> int | None:
     return int(r) if abs(value - r) < 1e-6 else None
 
 
+@functools.lru_cache(maxsize=8)
+def _all_covered(size: int) -> np.ndarray:
+    """A shared read-only all-True (size, size) mask."""
+    out = np.ones((size, size), dtype=bool)
+    out.flags.writeable = False
+    return out
+
+
 def read_to_grid(
     ds: Any, indexes: list[int], loc: Location, resampling: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +180,7 @@ def read_to_grid(
             data = ds.read(
                 indexes, window=Window(col, row, n, n), out_shape=(len(indexes), size, size), resampling=alg
             )
-            return data, np.ones((size, size), dtype=bool)
+            return data, _all_covered(size)
         out = np.zeros((len(indexes), size, size), dtype=ds.dtypes[0])
         covered = np.zeros((size, size), dtype=bool)
         if c1 <= c0 or r1 <= r0:
