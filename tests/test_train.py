@@ -26,7 +26,7 @@ from eo_jepa.train.loop import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "train" / "tiny_cpu.yaml"
-STEPS = 24
+STEPS = 16
 COMMON = [f"max_steps={STEPS}", "checkpoint.every=4"]
 
 
