@@ -1,1 +1,31 @@
-"""LeJEPA pretraining: configs, data and views, the training loop, publishing."""
+"""LeJEPA pretraining: configs, data and views, the training loop, publishing.
+
+>>> from eo_jepa.train import load_train_config, train, publish    # doctest: +SKIP
+>>> run = train(load_train_config("configs/train/tiny_cpu.yaml"), data="data/demo_chips")
+>>> publish(run, "models/tiny")
+
+Heavy modules (torch, timm) load on first use of an attribute.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TrainConfig": "eo_jepa.train.config",
+    "load_train_config": "eo_jepa.train.config",
+    "train": "eo_jepa.train.loop",
+    "LeJEPAModel": "eo_jepa.train.loop",
+    "publish": "eo_jepa.train.publish",
+    "MultiCropViews": "eo_jepa.train.views",
+    "RasterFolderDataset": "eo_jepa.train.data",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'eo_jepa.train' has no attribute {name!r}")
