@@ -134,6 +134,13 @@ def test_bad_config_key_and_value_are_named(store, capsys):
         load_train_config(TINY, ["dist.strategy=zero"])
     with pytest.raises(ConfigError, match=r"views\.local_scale"):
         load_train_config(TINY, ["views.local_scale=[0.5, 0.1]"])
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(TINY), "--data", str(store), "views.local_size=20"])
+    err = capsys.readouterr().err
+    assert (
+        "views.local_size=20 is not a multiple of the patch size 8 of vit_tiny_patch8; use a multiple such as 16"
+        in err
+    )
 
 
 def _free_port() -> int:

@@ -279,6 +279,13 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
         torch.manual_seed(cfg.seed)
         source = open_source(cfg.data, data)
         encoder = build_encoder_for(cfg, source)
+        for what in ("global_size", "local_size"):
+            size = getattr(cfg.views, what)
+            if size % encoder.patch_size:
+                raise ConfigError(
+                    f"views.{what}={size} is not a multiple of the patch size {encoder.patch_size} of "
+                    f"{encoder.arch}; use a multiple such as {max(1, size // encoder.patch_size) * encoder.patch_size}."
+                )
         views = build_views(cfg.views, source, raw_unit_stats(encoder))
         model = build_model(cfg, encoder).to(env.device)
         loss_fn = make_loss(cfg).to(env.device)
@@ -374,8 +381,10 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
         last_saved = -1
 
         def checkpoint(kind: str = LAST) -> None:
-            model_state = _model_state(wrapped, model, cfg.dist.strategy)
-            optim_state = _optim_state(wrapped, model, optimizer, cfg.dist.strategy)
+            sharded = _is_fsdp(model)  # gathering full FSDP state is collective: every rank takes part
+            if env.is_main or sharded:
+                model_state = _model_state(wrapped, model, cfg.dist.strategy)
+                optim_state = _optim_state(wrapped, model, optimizer, cfg.dist.strategy)
             if env.is_main:
                 save_state(
                     run_dir / CHECKPOINT_DIR / kind,
