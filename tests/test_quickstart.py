@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -148,6 +149,27 @@ def test_rerun_skips_every_step(quickstart):
     assert sum("done earlier" in m for m in messages) == len(STEPS), messages
     assert (quickstart["out"] / STATE_FILE).read_text() == before
     assert "pretrained encoder" in result.summary
+
+
+def test_steps_lost_in_a_kill_are_redone_reusing_finished_work(quickstart):
+    """As after a kill during 'publish': the state lacks the last three steps, the run folder holds
+    the final training checkpoint. The re-run trains no further and reproduces the same numbers."""
+    out = quickstart["out"]
+    state = json.loads((out / STATE_FILE).read_text())
+    before = state["steps"]["evaluate"]["outputs"]
+    metrics = (out / "runs" / "quickstart" / "metrics.jsonl").read_text()
+    for step in ("pretrain", "publish", "evaluate"):
+        del state["steps"][step]
+    (out / STATE_FILE).write_text(json.dumps(state))
+    shutil.rmtree(out / "model")
+    messages: list[str] = []
+    run_quickstart(out, size="tiny", echo=messages.append)
+    assert any("resuming the interrupted training run" in m for m in messages), messages
+    assert sum("done earlier" in m for m in messages) == 2  # scenes and chips
+    after = json.loads((out / STATE_FILE).read_text())["steps"]["evaluate"]["outputs"]
+    assert (out / "runs" / "quickstart" / "metrics.jsonl").read_text() == metrics  # no extra steps
+    assert after["knn_pretrained"] == before["knn_pretrained"]
+    assert after["knn_untrained"] == before["knn_untrained"]
 
 
 def test_size_mismatch_is_a_clear_error(quickstart):

@@ -282,7 +282,7 @@ def demo_chip_config(preset: Preset, aois_path: str | Path) -> Any:
 
 def _step_chips(out: Path, preset: Preset, result: QuickstartResult, say: Say) -> dict[str, Any]:
     from eo_jepa.chips import store
-    from eo_jepa.chips.build import build_chips
+    from eo_jepa.chips.build import PLAN_NAME, build_chips
     from eo_jepa.chips.dataset import ChipDataset
 
     root = out / "chips"
@@ -291,7 +291,9 @@ def _step_chips(out: Path, preset: Preset, result: QuickstartResult, say: Say) -
     if not (root / store.DATASET_NAME).is_file():
         # The same builder as for Planetary Computer; only the STAC source (a static ItemCollection
         # of the demo COGs) differs. An interrupted build is finished with resume=True.
-        resume = (root / store.BUILD_DIR).is_dir()
+        resume = (root / store.BUILD_DIR / PLAN_NAME).is_file()
+        if not resume and root.exists():  # killed before the builder wrote its plan: start clean
+            shutil.rmtree(root)
         with _quiet("eo_jepa.chips", "eo_jepa.stac"):  # per-AOI search lines; the progress bar stays
             report = build_chips(
                 aois, demo_chip_config(preset, aois), root, stac=items, workers=1, resume=resume
