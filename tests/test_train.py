@@ -241,3 +241,35 @@ def test_continued_pretraining_starts_from_meta_dinov3(tmp_path, monkeypatch):
     run = loop.train(cfg, data=store)  # and it trains from there
     row = json.loads((run / "metrics.jsonl").read_text())
     assert math.isfinite(row["loss"])
+
+
+def test_multi_date_training_on_a_store_from_the_real_chip_builder(demo_scenes_tiny, tmp_path):
+    """Demo COGs -> build_chips (2 dates per location) -> LeJEPA with global views from two dates."""
+    from eo_jepa.chips import ChipConfig, ChipDataset, build_chips
+    from eo_jepa.config import load_config
+    from eo_jepa.train.data import ViewBatchDataset, build_views
+    from eo_jepa.train.loop import train
+
+    chip_cfg = load_config(
+        ChipConfig, ROOT / "configs" / "chips" / "s2_5band_64_demo.yaml", ["dates_per_location=2"]
+    )
+    store = tmp_path / "s2"
+    build_chips(demo_scenes_tiny.aois_path, chip_cfg, store, stac=str(demo_scenes_tiny.items_path))
+    ds = ChipDataset(store, "train")
+    multi = [m for m in ds.locations().values() if len(m) > 1]
+    assert multi, "the demo build should hold locations with two dates"
+    views = ViewBatchDataset(
+        ds, build_views(load_train_config(TINY).views, ds, ds.norm_stats), multi_date=True
+    )
+    i, j = multi[0][:2]
+    for index in (i, j):  # the partner date really is another chip of the same location
+        assert views._locations[index] == multi[0]
+    cfg = load_train_config(
+        TINY,
+        [f"output_dir={tmp_path}", "data.multi_date=true", "data.batch_size=4", "max_steps=2",
+         "log.tensorboard=false"],
+    )  # fmt: skip
+    run = train(cfg, data=store)
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
+    assert json.loads((run / "data.json").read_text())["data_card_id"].startswith("s2-5band-64-demo@sha256:")
