@@ -70,6 +70,22 @@ def patch_validity(
     return frac >= min_fraction
 
 
+def pca_map(
+    encoder: Any, pixels: np.ndarray, valid: np.ndarray | None = None, **dense_kw: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """PCA→RGB (h, w, 3) uint8 and the dense features (D, h, w) of raw ``pixels`` (C, H, W).
+
+    The PCA is fitted on patches that are at least half valid (all patches when fewer than two are).
+    ``dense_kw`` goes to :func:`~eo_jepa.eval.features.dense_features` (window, stride, device, ...).
+    """
+    feats = dense_features(encoder, pixels, **dense_kw)
+    grid = feats.shape[1:]
+    pvalid = np.ones(grid, bool) if valid is None else patch_validity(valid, int(encoder.patch_size), grid)
+    if pvalid.sum() < 2:
+        pvalid = np.ones(grid, bool)
+    return to_rgb(pca_components(feats, pvalid), pvalid), feats
+
+
 @dataclass
 class PcaOutputs:
     png: Path
@@ -140,15 +156,10 @@ def viz_pca(
     else:
         raster = read_raster(path, tuple(encoder.bands))
         pixels, valid = raster.pixels, raster.valid
-    feats = dense_features(
-        encoder, pixels, window=window, stride=stride, batch_size=batch_size, device=device, bf16=bf16
+    rgb, feats = pca_map(
+        encoder, pixels, valid, window=window, stride=stride, batch_size=batch_size, device=device, bf16=bf16
     )
     grid = feats.shape[1:]
-    pvalid = patch_validity(valid, p, grid)
-    if pvalid.sum() < 2:
-        pvalid = np.ones(grid, bool)
-    scores = pca_components(feats, pvalid)
-    rgb = to_rgb(scores, pvalid)
     h, w = pixels.shape[-2:]
     factor = preview_factor(grid, p)
     png = write_png(out_png, upsample(rgb, factor, h if factor == p else None, w if factor == p else None))
