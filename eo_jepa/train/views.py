@@ -250,46 +250,61 @@ class MultiCropViews:
         ).view(nv, b, c, size, size)
 
     def _photometric(self, x: torch.Tensor, p: Mapping[str, np.ndarray]) -> torch.Tensor:
-        """Jitter, grayscale, blur (and rgb solarise) in place on (N, C, S, S), then normalise."""
+        """Jitter, grayscale, blur (and rgb solarise) in place on (N, C, S, S), and normalisation."""
+        return self._rgb(x, p) if self.mode == "rgb" else self._multispectral(x, p)
 
-        def subset(flag: np.ndarray) -> torch.Tensor | None:
-            idx = np.flatnonzero(flag)
-            return torch.from_numpy(idx) if idx.size else None
+    def _multispectral(self, x: torch.Tensor, p: Mapping[str, np.ndarray]) -> torch.Tensor:
+        # Per-band brightness b and contrast c about the view's band mean m, clamped at 0 reflectance,
+        # then normalised, in one fused affine pass: ((x*b - m*b)*c + m*b - mean)/std. Identity jitter
+        # where the view is not jittered.
+        on = torch.from_numpy(p["jitter"])[:, None]
+        bright = torch.where(on, torch.from_numpy(p["brightness"]).float(), 1.0)[:, :, None, None]
+        contr = torch.where(on, torch.from_numpy(p["contrast"]).float(), 1.0)[:, :, None, None]
+        m = x.mean(dim=(2, 3), keepdim=True)
+        x.mul_(bright * contr).add_(m * bright * (1 - contr) - self.mean).div_(self.std)  # mean -> exactly 0
+        torch.maximum(x, -self.mean / self.std, out=x)  # reflectance >= 0
+        if (idx := _subset(p["gray"])) is not None:
+            # band-weighted mean reflectance sum_c w_c (x_c std_c + mean_c), normalised per band
+            sel = x[idx]
+            gray = (sel * (self.gray_w * self.std)).sum(dim=1, keepdim=True) + (self.gray_w * self.mean).sum()
+            x[idx] = (gray - self.mean) / self.std
+        # A normalised Gaussian kernel commutes with the per-band affine normalisation.
+        return self._blur(x, p)
 
-        if self.mode == "rgb":
-            x.mul_(self.value_scale).clamp_(0.0, 1.0)
-            if (idx := subset(p["jitter"])) is not None:
-                i = idx.numpy()
-                x[idx] = _rgb_jitter(
-                    x[idx],
-                    torch.from_numpy(p["brightness"][i, 0]).float(),
-                    torch.from_numpy(p["contrast"][i, 0]).float(),
-                    torch.from_numpy(p["saturation"][i]).float(),
-                    torch.from_numpy(p["hue"][i]).float(),
-                )
-        else:
-            # Per-band brightness b and contrast c about the view's band mean m, fused:
-            # ((x*b) - m*b)*c + m*b = x*(b*c) + m*b*(1-c); identity where the view is not jittered.
-            on = torch.from_numpy(p["jitter"])[:, None]
-            bright = torch.where(on, torch.from_numpy(p["brightness"]), 1.0)[:, :, None, None]
-            contr = torch.where(on, torch.from_numpy(p["contrast"]), 1.0)[:, :, None, None]
-            m = x.mean(dim=(2, 3), keepdim=True)
-            x.mul_(bright * contr).add_(m * bright * (1 - contr)).clamp_(min=0.0)
-        if (idx := subset(p["gray"])) is not None:
+    def _rgb(self, x: torch.Tensor, p: Mapping[str, np.ndarray]) -> torch.Tensor:
+        x.mul_(self.value_scale).clamp_(0.0, 1.0)
+        if (idx := _subset(p["jitter"])) is not None:
+            i = idx.numpy()
+            x[idx] = _rgb_jitter(
+                x[idx],
+                torch.from_numpy(p["brightness"][i, 0]).float(),
+                torch.from_numpy(p["contrast"][i, 0]).float(),
+                torch.from_numpy(p["saturation"][i]).float(),
+                torch.from_numpy(p["hue"][i]).float(),
+            )
+        if (idx := _subset(p["gray"])) is not None:
             sel = x[idx]
             x[idx] = (sel * self.gray_w).sum(dim=1, keepdim=True).expand_as(sel)
-        if (idx := subset(p["blur"])) is not None:
+        x = self._blur(x, p)
+        if (idx := _subset(p["solarize"])) is not None:
+            sel = x[idx]
+            x[idx] = torch.where(sel >= 0.5, 1.0 - sel, sel)
+        return x.div_(self.value_scale).sub_(self.mean).div_(self.std)
+
+    @staticmethod
+    def _blur(x: torch.Tensor, p: Mapping[str, np.ndarray]) -> torch.Tensor:
+        if (idx := _subset(p["blur"])) is not None:
             sigma = torch.from_numpy(p["sigma"][idx.numpy()]).float()
             radius = torch.ceil(3 * sigma).long()
             for r in radius.unique().tolist():  # one grouped convolution per kernel radius, in place
                 sel = radius == r
                 x[idx[sel]] = _blur_same_radius(x[idx[sel]], sigma[sel])
-        if self.mode == "rgb":
-            if (idx := subset(p["solarize"])) is not None:
-                sel = x[idx]
-                x[idx] = torch.where(sel >= 0.5, 1.0 - sel, sel)
-            x.div_(self.value_scale)
-        return x.sub_(self.mean).div_(self.std)
+        return x
+
+
+def _subset(flag: np.ndarray) -> torch.Tensor | None:
+    idx = np.flatnonzero(flag)
+    return torch.from_numpy(idx) if idx.size else None
 
 
 def _random_resized_box(
