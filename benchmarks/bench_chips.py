@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -163,6 +164,7 @@ def main() -> None:
         f"(chip {args.chip_size} px x 5 bands uint16, {args.dates} dates/location, best of {args.repeat}; cpus={os.cpu_count()})"
     )
     print(f"(warm-up incl. imports and worker start-up: {warmup_s:.1f} s)")
+    shutil.rmtree(work, ignore_errors=True)
     print(
         json.dumps(
             {"benchmark": "chips", "chip_size": args.chip_size, "dates_per_location": args.dates, **results}
