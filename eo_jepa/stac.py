@@ -56,6 +56,8 @@ class ItemInfo:
     baseline: str | None  # Sentinel-2 s2:processing_baseline
     epsg: int | None
     assets: dict[str, AssetInfo] = field(default_factory=dict)
+    # The provider already removed BOA_ADD_OFFSET (Earth Search's earthsearch:boa_offset_applied).
+    offset_applied: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -121,7 +123,8 @@ def parse_item(item: Any, *, base_dir: Path | None = None) -> ItemInfo:
             shape=(int(shape[0]), int(shape[1])) if shape else None,
         )
     cloud = props.get("eo:cloud_cover")
-    baseline = props.get("s2:processing_baseline")
+    baseline = props.get("s2:processing_baseline") or props.get("sentinel:processing_baseline")
+    applied = props.get("earthsearch:boa_offset_applied", props.get("sentinel:boa_offset_applied", False))
     return ItemInfo(
         id=str(data["id"]),
         collection=data.get("collection"),
@@ -131,6 +134,7 @@ def parse_item(item: Any, *, base_dir: Path | None = None) -> ItemInfo:
         baseline=str(baseline) if baseline is not None else None,
         epsg=item_epsg,
         assets=assets,
+        offset_applied=bool(applied),
     )
 
 

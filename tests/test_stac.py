@@ -91,6 +91,10 @@ def test_parse_item_accepts_proj_epsg_and_proj_code(scenes):
     c = parse_item(raw3)
     assert c.assets["B02"].transform == (10.0, 0.0, 1.0, 0.0, -10.0, 2.0) and c.assets["B02"].shape == (5, 6)
     assert type(c).from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert not a.offset_applied  # Planetary Computer does not harmonise
+    raw4 = copy.deepcopy(raw)
+    raw4["properties"]["earthsearch:boa_offset_applied"] = True  # Earth Search already did
+    assert parse_item(raw4).offset_applied
 
 
 def test_static_sources_filter_like_an_api(scenes):

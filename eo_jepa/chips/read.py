@@ -312,7 +312,7 @@ def read_chip(
             nodata |= ~covered
         if sensor.nodata is not None:
             nodata |= (raw == sensor.nodata).any(axis=0)
-        if sensor.name == "sentinel-2-l2a" and cfg.harmonize:
+        if sensor.name == "sentinel-2-l2a" and cfg.harmonize and not item.offset_applied:
             offset = s2_offset_for_baseline(item.baseline)
         if offset < 0:  # DN - |offset|, clipped at 0, without leaving the unsigned dtype
             pixels = np.maximum(raw, -offset) - raw.dtype.type(-offset)
