@@ -200,6 +200,13 @@ def test_fresh_redoes_steps_and_keeps_foreign_files(tmp_path):
     assert (out / "my_notes.txt").read_text() == "not the quickstart's"
 
 
+def test_fresh_never_deletes_in_a_folder_the_quickstart_did_not_make(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "my_experiment.txt").write_text("keep me")
+    run_quickstart(tmp_path, size="tiny", upto="scenes", fresh=True)
+    assert (tmp_path / "runs" / "my_experiment.txt").read_text() == "keep me"
+
+
 def test_bad_size_on_the_command_line_is_one_line_exit_2(tmp_path):
     proc = _cli("quickstart", "--out", str(tmp_path / "x"), "--size", "huge", timeout=120)
     assert proc.returncode == 2

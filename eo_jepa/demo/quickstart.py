@@ -189,9 +189,10 @@ def run_quickstart(
     out.mkdir(parents=True, exist_ok=True)
 
     state = _read_state(out)
-    if fresh and state:
+    # --fresh only ever deletes in a folder the quickstart has made (it holds our state file), so
+    # pointing --out at a project folder with its own runs/ or model/ cannot cost anything.
+    if fresh and (out / STATE_FILE).exists():
         say(f"--fresh: deleting the previous quickstart outputs in {out}")
-    if fresh:
         clean(out)
         state = {}
     if state and state.get("size") != size:
