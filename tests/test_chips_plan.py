@@ -62,6 +62,24 @@ def test_grid_covers_each_aoi_on_a_global_grid():
     assert plan_locations(aois, 64, 10.0) == locs  # deterministic
 
 
+def test_point_aoi_uses_its_own_buffer_property(tmp_path):
+    feature = {"type": "Feature", "geometry": mapping(Point(11.81, 42.04))}
+    path = _write_aois(
+        tmp_path / "p.geojson",
+        [
+            {**feature, "properties": {"aoi_id": "own", "buffer_m": 100}},
+            {**feature, "properties": {"aoi_id": "default"}},
+        ],
+    )
+    own, default = load_aois(path, AoiConfig(point_buffer_m=320.0))
+    for aoi, side in ((own, 200), (default, 640)):
+        minx, miny, maxx, maxy = reproject_geometry(aoi.geometry, 4326, 32632).bounds
+        assert maxx - minx == pytest.approx(side, abs=0.5) and maxy - miny == pytest.approx(side, abs=0.5)
+    bad = _write_aois(tmp_path / "b.geojson", [{**feature, "properties": {"buffer_m": -5}}])
+    with pytest.raises(DataError, match="buffer -5"):
+        load_aois(bad, AoiConfig())
+
+
 def test_point_aois_get_a_square_buffer(tmp_path):
     path = _write_aois(
         tmp_path / "p.geojson",

@@ -90,7 +90,8 @@ def load_aois(source: str | Path | Any, cfg: AoiConfig | None = None) -> list[Ao
             raise DataError(f"{where}: {cfg.id_property} {aoi_id!r} is repeated; give each AOI a unique id.")
         seen.add(aoi_id)
         if geom.geom_type in ("Point", "MultiPoint"):
-            geom = _buffer_point(geom, cfg.point_buffer_m, utm_epsg(geom.centroid.x, geom.centroid.y))
+            half_width = _point_buffer(props.get(cfg.buffer_property), cfg.point_buffer_m, where)
+            geom = _buffer_point(geom, half_width, utm_epsg(geom.centroid.x, geom.centroid.y))
         elif geom.geom_type not in ("Polygon", "MultiPolygon"):
             raise DataError(f"{where} is a {geom.geom_type}; AOIs must be polygons or points.")
         split = props.get(cfg.split_property)
@@ -104,6 +105,19 @@ def load_aois(source: str | Path | Any, cfg: AoiConfig | None = None) -> list[Ao
             raise DataError(f"{where} ends ({end}) before it starts ({start}); swap the dates.")
         out.append(Aoi(aoi_id, geom, start, end, split, None if _is_missing(label) else str(label)))
     return out
+
+
+def _point_buffer(value: Any, default: float, where: str) -> float:
+    """Half-width in metres of a point AOI's square: the feature's own value, else the config's."""
+    if _is_missing(value):
+        return default
+    try:
+        half_width = float(value)
+    except (TypeError, ValueError):
+        half_width = float("nan")
+    if not half_width > 0:
+        raise DataError(f"{where} has buffer {value!r}; give a positive number of metres.")
+    return half_width
 
 
 def _buffer_point(point: Any, half_width_m: float, epsg: int) -> Any:

@@ -50,7 +50,10 @@ class AoiConfig:
     start: str | datetime.date = "2023-01-01"
     end: str | datetime.date = "2023-12-31"
     default_split: Split = "train"
-    point_buffer_m: float = 1280.0  # half-width of the square around a point AOI
+    # A point AOI becomes a square of this half-width, unless the feature carries its own value
+    # in ``buffer_property`` (metres, same meaning).
+    point_buffer_m: float = 1280.0
+    buffer_property: str = "buffer_m"
 
     def __post_init__(self) -> None:
         for key in ("start", "end"):

@@ -254,17 +254,14 @@ def _step_scenes(out: Path, preset: Preset, result: QuickstartResult, say: Say) 
     }
 
 
-def demo_chip_config(preset: Preset, aois_path: str | Path) -> Any:
+def demo_chip_config(preset: Preset) -> Any:
     """The chip-build config of the quickstart (also used by the notebooks).
 
-    Demo point AOIs carry their own ``buffer_m``; the chip builder buffers every point by
-    ``aoi.point_buffer_m``, so that is set from the AOI file (all demo points share one buffer).
+    Demo point AOIs carry their own ``buffer_m``, which the chip builder honours.
     """
     from eo_jepa.chips.config import ChipConfig
     from eo_jepa.config import from_dict
 
-    features = json.loads(Path(aois_path).read_text())["features"]
-    buffers = {float(f["properties"]["buffer_m"]) for f in features if "buffer_m" in f["properties"]}
     cfg = {
         "name": f"eo-jepa-demo-{preset.name}",
         "sensor": "sentinel-2-l2a",
@@ -272,7 +269,7 @@ def demo_chip_config(preset: Preset, aois_path: str | Path) -> Any:
         "chip_size": preset.chip_size,
         "gsd_m": 10.0,
         "stac": {"provider": "planetary-computer", "max_cloud_cover": 95.0},
-        "aoi": {"start": "2021-01-01", "end": "2023-12-31", "point_buffer_m": max(buffers, default=100.0)},
+        "aoi": {"start": "2021-01-01", "end": "2023-12-31"},
         "dates_per_location": preset.dates_per_location,
         "max_candidates": max(preset.n_dates, preset.dates_per_location),
         "max_cloud_fraction": 0.3,
@@ -299,7 +296,7 @@ def _step_chips(out: Path, preset: Preset, result: QuickstartResult, say: Say) -
             shutil.rmtree(root)
         with _quiet("eo_jepa.chips", "eo_jepa.stac"):  # per-AOI search lines; the progress bar stays
             report = build_chips(
-                aois, demo_chip_config(preset, aois), root, stac=items, workers=1, resume=resume
+                aois, demo_chip_config(preset), root, stac=items, workers=1, resume=resume
             )
         say(f"      {report.summary()}")
     stats = json.loads((root / store.STATS_NAME).read_text())
@@ -616,7 +613,7 @@ def read_demo_scene(
         size=int(size),
         footprint=box(x0, y0 - span, x0 + span, y0),
     )
-    cfg = demo_chip_config(preset, Path(scenes_root) / "aois.geojson")
+    cfg = demo_chip_config(preset)
     cache = SourceCache()
     try:
         with gdal_env():

@@ -236,13 +236,13 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object-oriented API renders without pyplot, so the caller's backend (a notebook's
+    # inline backend, a GUI) is left alone.
+    from matplotlib.figure import Figure
 
     steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    fig = Figure(figsize=(12, 3.2))
+    axes = fig.subplots(1, 3)
     for ax, key, title in zip(
         axes, ("loss", "pred", "sigreg"), ("LeJEPA loss", "prediction", "SIGReg"), strict=True
     ):
@@ -253,7 +253,6 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     fig.tight_layout()
     out = Path(run_dir) / LOSS_CURVE
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
