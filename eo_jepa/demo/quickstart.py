@@ -25,7 +25,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -66,37 +66,25 @@ class Preset:
     seed: int = 0
 
 
+_SMALL = Preset(
+    name="small",
+    scenes_size="small",
+    n_dates=4,
+    chip_size=16,
+    dates_per_location=3,
+    arch="vit_tiny_patch8",
+    steps=120,
+    batch_size=32,
+    lr=1e-3,
+    global_views=2,
+    local_views=2,
+    local_crop=8,
+    knn_k=10,
+)
+# The test-suite size: the same recipe on the smaller demo scenes, fewer steps.
 PRESETS: dict[str, Preset] = {
-    "small": Preset(
-        name="small",
-        scenes_size="small",
-        n_dates=4,
-        chip_size=16,
-        dates_per_location=3,
-        arch="vit_tiny_patch8",
-        steps=120,
-        batch_size=32,
-        lr=1e-3,
-        global_views=2,
-        local_views=2,
-        local_crop=8,
-        knn_k=10,
-    ),
-    "tiny": Preset(
-        name="tiny",
-        scenes_size="tiny",
-        n_dates=4,
-        chip_size=16,
-        dates_per_location=3,
-        arch="vit_tiny_patch8",
-        steps=40,
-        batch_size=32,
-        lr=1e-3,
-        global_views=2,
-        local_views=2,
-        local_crop=8,
-        knn_k=10,
-    ),
+    "small": _SMALL,
+    "tiny": replace(_SMALL, name="tiny", scenes_size="tiny", steps=40),
 }
 
 STEPS: tuple[tuple[str, str], ...] = (
@@ -295,9 +283,7 @@ def _step_chips(out: Path, preset: Preset, result: QuickstartResult, say: Say) -
         if not resume and root.exists():  # killed before the builder wrote its plan: start clean
             shutil.rmtree(root)
         with _quiet("eo_jepa.chips", "eo_jepa.stac"):  # per-AOI search lines; the progress bar stays
-            report = build_chips(
-                aois, demo_chip_config(preset), root, stac=items, workers=1, resume=resume
-            )
+            report = build_chips(aois, demo_chip_config(preset), root, stac=items, workers=1, resume=resume)
         say(f"      {report.summary()}")
     stats = json.loads((root / store.STATS_NAME).read_text())
     _check_stats(stats, root)

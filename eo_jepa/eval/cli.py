@@ -118,6 +118,27 @@ def _probe(
         )
 
 
+# Options shared by `eval knn` and `eval linear`, passed on to _probe by name.
+_PROBE_OPTIONS = (
+    "shots",
+    "seeds",
+    "split_file",
+    "split_seed",
+    "test_fraction",
+    "resplit",
+    "bands",
+    "batch_size",
+    "device",
+    "bf16",
+    "resize",
+    "workers",
+)
+
+
+def _probe_options(arguments: dict[str, Any]) -> dict[str, Any]:
+    return {name: arguments[name] for name in _PROBE_OPTIONS}
+
+
 @eval_app.command("knn")
 def knn_cmd(
     model: str = MODEL,
@@ -139,20 +160,7 @@ def knn_cmd(
     out: Path = OUT_JSON,
 ) -> None:
     """Weighted kNN (cosine, k=20, T=0.07) top-1 on frozen probe features; few-shot mean ± std over seeds."""
-    opts = dict(
-        shots=shots,
-        seeds=seeds,
-        split_file=split_file,
-        split_seed=split_seed,
-        test_fraction=test_fraction,
-        resplit=resplit,
-        bands=bands,
-        batch_size=batch_size,
-        device=device,
-        bf16=bf16,
-        resize=resize,
-        workers=workers,
-    )
+    opts = _probe_options(locals())
     _probe("knn", model, data, opts, out, k=k, temperature=temperature)
 
 
@@ -180,20 +188,7 @@ def linear_cmd(
     """Linear probe (LayerNorm + Linear, AdamW wd 1e-6, warm-up + cosine) top-1, mean ± std over seeds."""
     from eo_jepa.eval.linear import LinearProbeConfig
 
-    opts = dict(
-        shots=shots,
-        seeds=seeds,
-        split_file=split_file,
-        split_seed=split_seed,
-        test_fraction=test_fraction,
-        resplit=resplit,
-        bands=bands,
-        batch_size=batch_size,
-        device=device,
-        bf16=bf16,
-        resize=resize,
-        workers=workers,
-    )
+    opts = _probe_options(locals())
     cfg = LinearProbeConfig(epochs=epochs, lr=lr, weight_decay=weight_decay)
     _probe("linear", model, data, opts, out, linear=cfg)
 
