@@ -199,7 +199,7 @@ class MultiCropViews:
         mean = mean.view(shape)
         bad = torch.isnan(pixels)
         if valid is not None:
-            bad = bad | ~valid.unsqueeze(-3)
+            bad |= ~valid.unsqueeze(-3)  # in place: no second full-size mask
         return torch.where(bad, mean, pixels)
 
     @torch.no_grad()
@@ -241,35 +241,51 @@ class MultiCropViews:
         )  # (B, T*C, nv*S, S)
         out = out.view(b, t, c, nv, size, size).permute(3, 0, 1, 2, 4, 5)  # (nv, B, T, C, S, S)
         if t == 1:
-            x = out[:, :, 0].contiguous()
+            x = out[:, :, 0]  # a strided view: the first photometric op writes the contiguous copy
         else:
             date = torch.from_numpy(p["date"])  # (nv, B)
-            x = torch.take_along_dim(out, date[:, :, None, None, None, None], dim=2)[:, :, 0].contiguous()
-        return self._photometric(
-            x.view(nv * b, c, size, size), {k: v.reshape(nv * b, *v.shape[2:]) for k, v in p.items()}
-        ).view(nv, b, c, size, size)
+            x = torch.take_along_dim(out, date[:, :, None, None, None, None], dim=2)[:, :, 0]
+        return self._photometric(x, {k: v.reshape(nv * b, *v.shape[2:]) for k, v in p.items()})
 
     def _photometric(self, x: torch.Tensor, p: Mapping[str, np.ndarray]) -> torch.Tensor:
-        """Jitter, grayscale, blur (and rgb solarise) in place on (N, C, S, S), and normalisation."""
-        return self._rgb(x, p) if self.mode == "rgb" else self._multispectral(x, p)
+        """Jitter, grayscale, blur (and rgb solarise) and normalisation of (nv, B, C, S, S) views.
+
+        ``x`` may be a strided view of the resampled batch; the result is a new contiguous
+        (nv, B, C, S, S) tensor (the first op writes it, so there is no separate copy).
+        """
+        nv, b, c, s, _ = x.shape
+        if self.mode == "rgb":
+            out = self._rgb(x.reshape(nv * b, c, s, s).clone(), p)
+        else:
+            out = self._multispectral(x, p)
+        return out.view(nv, b, c, s, s)
 
     def _multispectral(self, x: torch.Tensor, p: Mapping[str, np.ndarray]) -> torch.Tensor:
         # Per-band brightness b and contrast c about the view's band mean m, clamped at 0 reflectance,
-        # then normalised, in one fused affine pass: ((x*b - m*b)*c + m*b - mean)/std. Identity jitter
-        # where the view is not jittered.
+        # then normalised, as ONE per-(view, band) affine map x * a + o written straight into a new
+        # contiguous tensor: ((x*b - m*b)*c + m*b - mean)/std = x * (b*c/std) + (m*b*(1-c) - mean)/std.
+        # Identity jitter where the view is not jittered.
+        nv, nb, c, s, _ = x.shape
+        n = nv * nb
         on = torch.from_numpy(p["jitter"])[:, None]
-        bright = torch.where(on, torch.from_numpy(p["brightness"]).float(), 1.0)[:, :, None, None]
-        contr = torch.where(on, torch.from_numpy(p["contrast"]).float(), 1.0)[:, :, None, None]
-        m = x.mean(dim=(2, 3), keepdim=True)
-        x.mul_(bright * contr).add_(m * bright * (1 - contr) - self.mean).div_(self.std)  # mean -> exactly 0
-        torch.maximum(x, -self.mean / self.std, out=x)  # reflectance >= 0
+        bright = torch.where(on, torch.from_numpy(p["brightness"]).float(), 1.0).view(nv, nb, c, 1, 1)
+        contr = torch.where(on, torch.from_numpy(p["contrast"]).float(), 1.0).view(nv, nb, c, 1, 1)
+        m = x.mean(dim=(3, 4), keepdim=True)
+        inv_std = 1.0 / self.std
+        scale = bright * contr * inv_std
+        offset = (m * bright * (1 - contr) - self.mean) * inv_std  # mean -> exactly 0 when b = c = 1
+        out = torch.empty((nv, nb, c, s, s), dtype=torch.float32)
+        torch.mul(x, scale, out=out)
+        out = out.view(n, c, s, s)
+        out.add_(offset.view(n, c, 1, 1))
+        torch.maximum(out, -self.mean * inv_std, out=out)  # reflectance >= 0
         if (idx := _subset(p["gray"])) is not None:
             # band-weighted mean reflectance sum_c w_c (x_c std_c + mean_c), normalised per band
-            sel = x[idx]
+            sel = out[idx]
             gray = (sel * (self.gray_w * self.std)).sum(dim=1, keepdim=True) + (self.gray_w * self.mean).sum()
-            x[idx] = (gray - self.mean) / self.std
+            out[idx] = (gray - self.mean) * inv_std
         # A normalised Gaussian kernel commutes with the per-band affine normalisation.
-        return self._blur(x, p)
+        return self._blur(out, p)
 
     def _rgb(self, x: torch.Tensor, p: Mapping[str, np.ndarray]) -> torch.Tensor:
         x.mul_(self.value_scale).clamp_(0.0, 1.0)
@@ -359,9 +375,10 @@ def _affine_grid(p: Mapping[str, np.ndarray], h: int, w: int, size: int) -> torc
     base = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1
     grid = torch.empty(n, size, size, 2)
     for k in range(2):
-        grid[..., k] = (
-            t[:, k, 0, None, None] * base + t[:, k, 1, None, None] * base[:, None] + t[:, k, 2, None, None]
-        )
+        # (n, 1, S) column term + (n, S, 1) row term: one full-size op per coordinate
+        col = t[:, k, 0, None, None] * base
+        row = t[:, k, 1, None, None] * base[:, None] + t[:, k, 2, None, None]
+        torch.add(col, row, out=grid[..., k])
     return grid
 
 
@@ -416,9 +433,11 @@ def _blur_same_radius(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     k = torch.exp(-0.5 * (offs[None, :] / sigma[:, None].to(x.dtype)) ** 2)
     k = k / k.sum(dim=1, keepdim=True)  # (n, K)
     k = k.repeat_interleave(c, dim=0)  # (n*c, K)
-    y = x.reshape(1, n * c, h, w)
-    y = F.pad(y, (radius, radius, 0, 0), mode="reflect")
+    # Reflect-pad both axes at once (reflection commutes with the horizontal pass), and run the
+    # depthwise convolutions channels-last: oneDNN then vectorises over the n*c channels, about
+    # twice as fast on CPU as the planar layout and bit-for-bit the same result.
+    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = y.contiguous(memory_format=torch.channels_last)
     y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
-    y = F.pad(y, (0, 0, radius, radius), mode="reflect")
     y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
-    return y.view(n, c, h, w)
+    return y.contiguous().view(n, c, h, w)
