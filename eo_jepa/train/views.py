@@ -255,7 +255,8 @@ class MultiCropViews:
         """
         nv, b, c, s, _ = x.shape
         if self.mode == "rgb":
-            out = self._rgb(x.reshape(nv * b, c, s, s).clone(), p)
+            # reshape copies the strided view (or views the temporary resample output): _rgb works in place
+            out = self._rgb(x.reshape(nv * b, c, s, s), p)
         else:
             out = self._multispectral(x, p)
         return out.view(nv, b, c, s, s)
@@ -281,9 +282,9 @@ class MultiCropViews:
         torch.maximum(out, -self.mean * inv_std, out=out)  # reflectance >= 0
         if (idx := _subset(p["gray"])) is not None:
             # band-weighted mean reflectance sum_c w_c (x_c std_c + mean_c), normalised per band
-            sel = out[idx]
+            sel = out.index_select(0, idx)
             gray = (sel * (self.gray_w * self.std)).sum(dim=1, keepdim=True) + (self.gray_w * self.mean).sum()
-            out[idx] = (gray - self.mean) * inv_std
+            out.index_copy_(0, idx, (gray - self.mean) * inv_std)
         # A normalised Gaussian kernel commutes with the per-band affine normalisation.
         return self._blur(out, p)
 
@@ -314,7 +315,8 @@ class MultiCropViews:
             radius = torch.ceil(3 * sigma).long()
             for r in radius.unique().tolist():  # one grouped convolution per kernel radius, in place
                 sel = radius == r
-                x[idx[sel]] = _blur_same_radius(x[idx[sel]], sigma[sel])
+                rows = idx[sel]  # index_select / index_copy_ copy whole images, faster than x[rows]
+                x.index_copy_(0, rows, _blur_same_radius(x.index_select(0, rows), sigma[sel]))
         return x
 
 
