@@ -42,7 +42,9 @@ GDAL_ENV = {
     "GDAL_HTTP_VERSION": "2",
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": str(64 << 20),
-    "GDAL_CACHEMAX": 256,  # MB (rasterio wants an int here)
+    # Bytes: rasterio hands an int straight to GDALSetCacheMax64, so 256 would mean 256 bytes (no block
+    # cache at all: every 128 px chip would decode its whole 256 px COG block again).
+    "GDAL_CACHEMAX": 256 << 20,
     "GDAL_NUM_THREADS": "1",
 }
 
@@ -80,11 +82,31 @@ def _file_stamp(href: str) -> tuple[int, int] | None:
     return (st.st_mtime_ns, st.st_size)
 
 
+_ENV = threading.local()  # per-thread GDAL settings kept entered between tasks
+
+
+def enter_gdal_env() -> None:
+    """Enter the builder's GDAL settings in this thread and keep them until :func:`close_cached_datasets`.
+
+    Leaving a ``rasterio.Env`` restores ``GDAL_CACHEMAX``, which empties GDAL's block cache; with one
+    Env per task, COG blocks shared by neighbouring tasks (a 256 px block holds four 128 px chips)
+    would be decoded again by every task. Kept entered, a decoded block serves every chip in it.
+    """
+    if getattr(_ENV, "env", None) is None:
+        env = gdal_env()
+        env.__enter__()
+        _ENV.env = env
+
+
 def close_cached_datasets() -> None:
-    """Close this thread's reusable open datasets."""
+    """Close this thread's reusable open datasets and leave the GDAL settings entered by a build."""
     cache = _handles()
     while cache:
         cache.popitem(last=False)[1][0].close()
+    env = getattr(_ENV, "env", None)
+    if env is not None:
+        _ENV.env = None
+        env.__exit__(None, None, None)
 
 
 class SourceCache:
