@@ -330,14 +330,15 @@ class ViewBatchDataset(Dataset):
                 others = [j for j in self._locations.get(i, [i]) if j != i]
                 rows.append(int(others[rng.integers(len(others))]) if others else i)
             items = [self.source[j] for j in rows]
-            pixels.append(np.stack([it["pixels"] for it in items]))
-            valid.append(np.stack([it["valid"] for it in items]))
-            h, w = pixels[-1].shape[-2:]
+            pixels.append([it["pixels"] for it in items])
+            valid.append([it["valid"] for it in items])
+            h, w = items[0]["pixels"].shape[-2:]
             params.append(
                 self.views.sample_params(rng, h, w, num_dates=len(rows) if len(set(rows)) > 1 else 1)
             )
-        px = torch.from_numpy(np.stack(pixels))
-        va = torch.from_numpy(np.stack(valid))
+        # (B, T, C, H, W) in one copy from the nested lists (no per-chip stack first)
+        px = torch.from_numpy(np.array(pixels, dtype=np.float32))
+        va = torch.from_numpy(np.array(valid, dtype=bool))
         if max(int(p.date.max()) for p in params) == 0:  # no view uses a second date
             px, va = px[:, :1], va[:, :1]
         glob, loc = self.views.apply(px, va, stack_params(params))
@@ -374,5 +375,12 @@ def make_loader(
         pin_memory=pin_memory,
         prefetch_factor=2 if cfg.num_workers > 0 else None,
         persistent_workers=False,
+        worker_init_fn=_one_thread_per_worker if cfg.num_workers > 0 else None,
     )
     return loader, sampler
+
+
+def _one_thread_per_worker(worker_id: int) -> None:
+    """Each loader worker is one core's worth of work: intra-op threads would only oversubscribe
+    the CPU that the other workers and the training step share (the views are small batched ops)."""
+    torch.set_num_threads(1)

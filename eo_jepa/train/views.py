@@ -278,6 +278,8 @@ class MultiCropViews:
         out = torch.empty((nv, nb, c, s, s), dtype=torch.float32)
         torch.mul(x, scale, out=out)
         out = out.view(n, c, s, s)
+        # A separate add, not addcmul: a fused multiply-add would leave filled (band-mean) pixels a
+        # rounding error away from exactly 0.
         out.add_(offset.view(n, c, 1, 1))
         torch.maximum(out, -self.mean * inv_std, out=out)  # reflectance >= 0
         if (idx := _subset(p["gray"])) is not None:
