@@ -98,8 +98,17 @@ def enter_gdal_env() -> None:
         _ENV.env = env
 
 
+def _epsg_codes() -> dict[str, int | None]:
+    """This thread's EPSG code of each open dataset in :func:`_handles`, by href."""
+    codes = getattr(_HANDLES, "epsg", None)
+    if codes is None:
+        codes = _HANDLES.epsg = {}
+    return codes
+
+
 def close_cached_datasets() -> None:
     """Close this thread's reusable open datasets and leave the GDAL settings entered by a build."""
+    _epsg_codes().clear()
     cache = _handles()
     while cache:
         cache.popitem(last=False)[1][0].close()
@@ -120,8 +129,15 @@ class SourceCache:
     def __init__(self, sign: Callable[[str], str] | None = None) -> None:
         self._sign = sign or (lambda href: href)
         self._open = _handles()
+        self._epsg = _epsg_codes()
         self._checked: set[str] = set()
         self.failed: dict[str, str] = {}
+
+    def epsg(self, href: str, ds: Any) -> int | None:
+        """EPSG code of the open dataset ``ds`` of ``href`` (``CRS.to_epsg`` costs ~30 us a call)."""
+        if href not in self._epsg:
+            self._epsg[href] = ds.crs.to_epsg() if ds.crs is not None else None
+        return self._epsg[href]
 
     def open(self, href: str) -> Any:
         import rasterio
@@ -144,11 +160,14 @@ class SourceCache:
             entry = self._open[href] = (ds, time.monotonic(), _file_stamp(href))
             self._checked.add(href)
             while len(self._open) > MAX_OPEN:
-                self._open.popitem(last=False)[1][0].close()
+                old_href, old = self._open.popitem(last=False)
+                self._epsg.pop(old_href, None)
+                old[0].close()
         self._open.move_to_end(href)
         return entry[0]
 
     def _drop(self, href: str) -> None:
+        self._epsg.pop(href, None)
         entry = self._open.pop(href, None)
         if entry is not None:
             entry[0].close()
@@ -176,16 +195,21 @@ def _all_covered(size: int) -> np.ndarray:
 
 
 def read_to_grid(
-    ds: Any, indexes: list[int], loc: Location, resampling: str
+    ds: Any, indexes: list[int], loc: Location, resampling: str, *, epsg: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bands ``indexes`` of ``ds`` on the chip grid of ``loc``: (data (k, H, W), covered (H, W) bool)."""
+    """Bands ``indexes`` of ``ds`` on the chip grid of ``loc``: (data (k, H, W), covered (H, W) bool).
+
+    ``epsg``: the dataset's EPSG code when the caller knows it already (else looked up).
+    """
     from rasterio.enums import Resampling
     from rasterio.windows import Window
 
     alg = Resampling[resampling]
     size = loc.size
     t = ds.transform
-    aligned = ds.crs is not None and ds.crs.to_epsg() == loc.epsg and t.b == 0 and t.d == 0 and t.e == -t.a
+    if epsg is None and ds.crs is not None:
+        epsg = ds.crs.to_epsg()
+    aligned = epsg is not None and epsg == loc.epsg and t.b == 0 and t.d == 0 and t.e == -t.a
     if aligned:
         res = t.a
         col, row, n = (
@@ -261,8 +285,18 @@ class ChipRead:
         return 1.0 - float(self.valid.mean())
 
 
+_GROUPS: dict[tuple[str, tuple[str, ...], str], list[tuple[str, list[int], list[int]]]] = {}
+
+
 def _asset_groups(sensor: Sensor, bands: list[str], provider: str) -> list[tuple[str, list[int], list[int]]]:
     """(asset key, 1-based band indexes inside the asset, positions in the chip) grouped by asset."""
+    key = (sensor.name, tuple(bands), provider)
+    if key not in _GROUPS:
+        _GROUPS[key] = _group_assets(sensor, bands, provider)
+    return _GROUPS[key]
+
+
+def _group_assets(sensor: Sensor, bands: list[str], provider: str) -> list[tuple[str, list[int], list[int]]]:
     groups: dict[str, tuple[list[int], list[int]]] = {}
     for pos, band in enumerate(sensor.resolve(bands)):
         idx, where = groups.setdefault(band.asset_key(provider), ([], []))
@@ -303,7 +337,7 @@ def read_chip(
         href = asset_href(key)
         ds = cache.open(href)
         try:
-            return read_to_grid(ds, indexes, loc, resampling)
+            return read_to_grid(ds, indexes, loc, resampling, epsg=cache.epsg(href, ds))
         except (RasterioError, OSError) as exc:
             message = f"cannot read {href}: {exc}"
             cache.fail(href, message)

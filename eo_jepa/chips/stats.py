@@ -36,7 +36,8 @@ class BandHistograms:
 
         Valid pixels are buffered and counted in batches (one bincount per band per ~16 M values).
         """
-        self._pending.append(pixels[:, valid])
+        # all-valid chips (the common case) skip the boolean gather: same values, same order
+        self._pending.append(pixels.reshape(len(pixels), -1) if valid.all() else pixels[:, valid])
         self._pending_size += self._pending[-1].size
         if self._pending_size >= 1 << 24:
             self._flush()
