@@ -20,13 +20,11 @@ reflectance band (not SCL; nodata stays 0).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -38,7 +36,7 @@ import numpy as np
 from eo_jepa._version import __version__
 from eo_jepa.bands import PLANETARY_COMPUTER, SENTINEL2_L2A
 from eo_jepa.errors import ConfigError
-from eo_jepa.utils.io import atomic_write_json
+from eo_jepa.utils.io import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -698,9 +696,6 @@ def _write_cog(
     import rasterio
     from rasterio.transform import Affine
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tif", dir=path.parent)
-    os.close(fd)
     profile = {
         "driver": "COG",
         "width": data.shape[2],
@@ -717,14 +712,12 @@ def _write_cog(
         "overview_resampling": resampling,
         "num_threads": 1,
     }
-    try:
-        with rasterio.Env(GDAL_NUM_THREADS="1"), rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with (
+        atomic_path(path, suffix=".tif") as tmp,
+        rasterio.Env(GDAL_NUM_THREADS="1"),
+        rasterio.open(tmp, "w", **profile) as dst,
+    ):
+        dst.write(data)
     return path
 
 

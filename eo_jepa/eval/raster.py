@@ -10,8 +10,6 @@ the processing-baseline 04.00 offset removed, as in our chip stores).
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ import numpy as np
 from eo_jepa.errors import DataError
 from eo_jepa.eval.datasets import raster_band_names
 from eo_jepa.eval.features import band_selection, check_channels
-from eo_jepa.utils.io import atomic_write_bytes
+from eo_jepa.utils.io import atomic_path, atomic_write_bytes
 
 
 @dataclass
@@ -78,37 +76,28 @@ def write_geotiff(
 
     path = Path(path)
     arr = array[None] if array.ndim == 2 else array
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.tif", dir=path.parent)
-    os.close(fd)
-    try:
-        profile = {
-            "driver": "GTiff",
-            "height": arr.shape[1],
-            "width": arr.shape[2],
-            "count": arr.shape[0],
-            "dtype": arr.dtype.name,
-            "crs": crs,
-            "transform": transform,
-            "compress": "deflate",
-        }
-        if arr.shape[1] >= 16 and arr.shape[2] >= 16:
-            profile.update(
-                tiled=True,
-                blockxsize=256 if arr.shape[2] >= 256 else 16,
-                blockysize=256 if arr.shape[1] >= 256 else 16,
-            )
-        if nodata is not None:
-            profile["nodata"] = nodata
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(arr)
-            for i, d in enumerate(descriptions or [], start=1):
-                dst.set_band_description(i, d)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    profile = {
+        "driver": "GTiff",
+        "height": arr.shape[1],
+        "width": arr.shape[2],
+        "count": arr.shape[0],
+        "dtype": arr.dtype.name,
+        "crs": crs,
+        "transform": transform,
+        "compress": "deflate",
+    }
+    if arr.shape[1] >= 16 and arr.shape[2] >= 16:
+        profile.update(
+            tiled=True,
+            blockxsize=256 if arr.shape[2] >= 256 else 16,
+            blockysize=256 if arr.shape[1] >= 256 else 16,
+        )
+    if nodata is not None:
+        profile["nodata"] = nodata
+    with atomic_path(path, suffix=".tmp.tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(arr)
+        for i, d in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, d)
     return path
 
 

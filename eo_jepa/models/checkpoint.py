@@ -32,7 +32,7 @@ from typing import Any
 
 from eo_jepa._version import __version__
 from eo_jepa.errors import CheckpointError
-from eo_jepa.utils.io import atomic_write_json, atomic_write_text, sha256_file
+from eo_jepa.utils.io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
 
 FORMAT = "eo-jepa-encoder"
 FORMAT_VERSION = 1
@@ -84,16 +84,8 @@ def encoder_config(encoder: Any) -> dict[str, Any]:
 def _save_weights(state: dict[str, Any], path: Path) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "eo_jepa": FORMAT})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def save_encoder(
