@@ -1,4 +1,4 @@
-"""The chip store writer: direct Blosc chunk writes read back through zarr; fallbacks."""
+"""The chip store: direct Blosc chunk writes read back through zarr, direct reads equal zarr's; fallbacks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 from eo_jepa.chips import store
-from eo_jepa.chips.store import ChipWriter, create_arrays, open_arrays
+from eo_jepa.chips.store import ChipWriter, create_arrays, open_arrays, open_chunk_readers
 
 
 def _chips(n: int, c: int = 4, size: int = 24):
@@ -36,6 +36,27 @@ def test_direct_chunks_read_back_through_zarr(tmp_path, monkeypatch, syncfs):
     assert not list(tmp_path.rglob("*.partial"))
 
 
+def test_direct_reads_equal_zarr_reads_of_chunks_zarr_wrote(tmp_path):
+    """The reader decodes chunk files that zarr itself wrote (not only our writer's), and
+    rows never written read as the fill value, as through zarr."""
+    create_arrays(tmp_path, 5, 4, 24, "uint16")
+    chips = _chips(3)
+    pixels = zarr.open_array(str(tmp_path / "chips.zarr" / "pixels"), mode="r+")
+    valid = zarr.open_array(str(tmp_path / "chips.zarr" / "valid"), mode="r+")
+    for row, (p, v) in zip((0, 3, 4), chips, strict=True):
+        pixels[row] = p  # zarr's own encoder
+        valid[row] = v
+    fast_pixels, fast_valid = open_chunk_readers(tmp_path)
+    assert fast_pixels.direct and fast_valid.direct  # decoded from the files, not through zarr
+    for row in range(5):
+        got_p, got_v = fast_pixels[row], fast_valid[row]
+        assert got_p.dtype == np.uint16 and got_v.dtype == bool and got_p.shape == (4, 24, 24)
+        assert np.array_equal(got_p, pixels[row]) and np.array_equal(got_v, valid[row])
+        into = np.full((4, 24, 24), 7, np.uint16)
+        assert fast_pixels.read(row, into) is into and np.array_equal(into, pixels[row])
+    assert not fast_pixels[1].any() and not fast_valid[2].any()
+
+
 def test_other_codecs_fall_back_to_zarr(tmp_path):
     group = zarr.open_group(str(tmp_path / "chips.zarr"), mode="w", zarr_format=3)
     group.create_array("pixels", shape=(2, 4, 24, 24), chunks=(1, 4, 24, 24), dtype="uint16")  # zstd default
@@ -47,3 +68,6 @@ def test_other_codecs_fall_back_to_zarr(tmp_path):
     writer.close()
     pixels, valid = open_arrays(tmp_path)
     assert np.array_equal(pixels[1], p) and np.array_equal(valid[1], v)
+    fast_pixels, fast_valid = open_chunk_readers(tmp_path)  # zstd: read back through zarr too
+    assert not fast_pixels.direct
+    assert np.array_equal(fast_pixels[1], p) and np.array_equal(fast_valid[1], v)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from eo_jepa.chips.store import INDEX_NAME, STATS_NAME, open_arrays, read_dataset_json
+from eo_jepa.chips.store import INDEX_NAME, STATS_NAME, open_chunk_readers, read_dataset_json
 from eo_jepa.errors import BandMismatchError, DataError
 
 try:  # torch is a dependency, but keep the reader importable in light environments
@@ -23,8 +23,9 @@ class ChipDataset(_Base):  # type: ignore[misc,valid-type]
 
     ``dataset[i]`` -> ``dict(pixels=float32 (C, H, W) raw units, valid=bool (H, W), chip_id,
     location_id, label, row)``. ``split`` keeps one split ('train', 'val', 'test'); ``bands`` picks
-    (and orders) a subset by canonical name. Zarr arrays are opened lazily per process, so the
-    dataset can be used with multi-worker DataLoaders.
+    (and orders) a subset by canonical name. The arrays are opened lazily per process, so the
+    dataset can be used with multi-worker DataLoaders; chunks are decoded directly from their files
+    (see :func:`~eo_jepa.chips.store.open_chunk_readers`).
     """
 
     def __init__(
@@ -65,7 +66,7 @@ class ChipDataset(_Base):  # type: ignore[misc,valid-type]
 
     def _open(self) -> tuple[Any, Any]:
         if self._arrays is None:
-            self._arrays = open_arrays(self.root)
+            self._arrays = open_chunk_readers(self.root)
         return self._arrays
 
     def __getstate__(self) -> dict[str, Any]:  # zarr handles are reopened in each worker
@@ -79,17 +80,37 @@ class ChipDataset(_Base):  # type: ignore[misc,valid-type]
         i = i % len(self)
         pixels, valid = self._open()
         row = int(self._rows[i])
-        data = np.asarray(pixels[row])
+        data = pixels.read(row)
         if self._channels != list(range(data.shape[0])):
             data = data[self._channels]
         return {
             "pixels": data.astype(np.float32),
-            "valid": np.asarray(valid[row], dtype=bool),
+            "valid": valid.read(row),
             "chip_id": str(self.index.at[i, "chip_id"]),
             "location_id": str(self.index.at[i, "location_id"]),
             "label": self.labels[i],
             "row": row,
         }
+
+    def read_pixels(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw pixels (n, C, H, W) in the store's dtype and valid masks (n, H, W) of several chips.
+
+        The training loader's batch path: chunks are decoded straight into one array, with no
+        per-chip float conversion (the views convert once, in the same pass as the nodata fill).
+        """
+        pixels, valid = self._open()
+        rows = [int(self._rows[i]) for i in indices]
+        first = pixels.read(rows[0])
+        px = np.empty((len(rows), len(self.bands), *first.shape[1:]), dtype=first.dtype)
+        va = np.empty((len(rows), *first.shape[1:]), dtype=bool)
+        whole = self._channels == list(range(first.shape[0]))
+        for k, row in enumerate(rows):
+            if whole:
+                px[k] = first if k == 0 else pixels.read(row, px[k])
+            else:
+                px[k] = (first if k == 0 else pixels.read(row))[self._channels]
+            valid.read(row, va[k])
+        return px, va
 
     def locations(self) -> dict[str, list[int]]:
         """location_id -> dataset indices (several when the store kept several dates per location)."""

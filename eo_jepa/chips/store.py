@@ -118,19 +118,24 @@ class ChipWriter:
 
 
 class _DirectChunks:
-    """Encode and write whole chunks of a local Zarr v3 array ourselves.
+    """Encode/decode whole chunks of a local Zarr v3 array ourselves.
 
     For arrays whose codecs are exactly ``bytes`` (little-endian) + ``blosc`` with the default ``c/..``
     chunk keys (what :func:`create_arrays` makes), a chunk file is just the Blosc frame of the chunk's
     C-order bytes, which any Zarr reader decodes (Blosc frames are self-describing). Writing it
     directly (temp file + rename, as zarr does) skips zarr's per-call asyncio machinery, a third of
-    the builder's time on small chips. Anything else falls back to zarr's own ``__setitem__``.
+    the builder's time on small chips; reading it directly is ~10x cheaper than ``array[row]`` for a
+    5 x 256 x 256 chip (0.4 vs 4 ms of CPU), which is most of a training loader's read cost. Anything
+    else falls back to zarr's own ``__setitem__`` / ``__getitem__``.
     """
 
-    def __init__(self, path: Path, compressor: Any, ndim: int) -> None:
+    def __init__(self, path: Path, compressor: Any, shape: tuple[int, ...], dtype: Any, fill: Any) -> None:
         self.path = path
         self.compressor = compressor
-        self.tail = ["0"] * (ndim - 1)
+        self.tail = ["0"] * (len(shape) - 1)
+        self.chunk_shape = tuple(shape[1:])
+        self.dtype = np.dtype(dtype)
+        self.fill = fill
 
     @classmethod
     def of(cls, arr: Any, path: Path) -> _DirectChunks | None:
@@ -162,7 +167,7 @@ class _DirectChunks:
             shuffle=shuffle[blosc.shuffle.value],
             blocksize=blosc.blocksize,
         )
-        return cls(path, compressor, arr.ndim)
+        return cls(path, compressor, tuple(arr.shape), arr.dtype, arr.fill_value)
 
     def write(self, row: int, data: np.ndarray) -> None:
         import uuid
@@ -177,6 +182,51 @@ class _DirectChunks:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def read(self, row: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Chunk ``row`` as an array of the chunk's shape (the fill value where none was written)."""
+        if out is None:
+            out = np.empty(self.chunk_shape, dtype=self.dtype)
+        try:
+            frame = self.path.joinpath("c", str(row), *self.tail).read_bytes()
+        except FileNotFoundError:  # zarr stores no chunk that is all fill value
+            out[...] = self.fill
+            return out
+        self.compressor.decode(frame, out=out)
+        return out
+
+
+def open_chunk_readers(root: Path) -> tuple[ChunkReader, ChunkReader]:
+    """``(pixels, valid)`` readers of a store's chips by row.
+
+    Chunk files are decoded directly (:class:`_DirectChunks`) where the layout allows it (any store
+    :func:`create_arrays` made), otherwise through the Zarr array.
+    """
+    pixels, valid = open_arrays(root)
+    out = []
+    for name, arr in (("pixels", pixels), ("valid", valid)):
+        direct = _DirectChunks.of(arr, Path(root) / ZARR_NAME / name)
+        out.append(ChunkReader(direct if direct is not None else arr))
+    return out[0], out[1]
+
+
+class ChunkReader:
+    """Reads whole chips (one chunk each) of a store array by row, optionally into a given array."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source  # a _DirectChunks, or a zarr.Array
+        self.direct = isinstance(source, _DirectChunks)
+
+    def read(self, row: int, out: np.ndarray | None = None) -> np.ndarray:
+        if self.direct:
+            return self.source.read(int(row), out)
+        data = np.asarray(self.source[int(row)])
+        if out is None:
+            return data
+        out[...] = data
+        return out
+
+    __getitem__ = read
 
 
 def _syncfs(path: Path) -> bool:
