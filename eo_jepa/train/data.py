@@ -322,30 +322,44 @@ class ViewBatchDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, Sequence[int]]) -> dict[str, Any]:
         epoch, indices = key
-        pixels, valid, params = [], [], []
+        rows, rngs = [], []
         for i in indices:
             rng = self.rng(epoch, i)
-            rows = [i]
+            chip_rows = [i]
             if self._locations is not None:
                 others = [j for j in self._locations.get(i, [i]) if j != i]
-                rows.append(int(others[rng.integers(len(others))]) if others else i)
-            items = [self.source[j] for j in rows]
-            pixels.append([it["pixels"] for it in items])
-            valid.append([it["valid"] for it in items])
-            h, w = items[0]["pixels"].shape[-2:]
-            params.append(
-                self.views.sample_params(rng, h, w, num_dates=len(rows) if len(set(rows)) > 1 else 1)
-            )
-        # (B, T, C, H, W) in one copy from the nested lists (no per-chip stack first)
-        px = torch.from_numpy(np.array(pixels, dtype=np.float32))
-        va = torch.from_numpy(np.array(valid, dtype=bool))
+                chip_rows.append(int(others[rng.integers(len(others))]) if others else i)
+            rows.append(chip_rows)
+            rngs.append(rng)
+        px, va = self._read(rows)  # (B, T, C, H, W) in the source's dtype, (B, T, H, W)
+        h, w = px.shape[-2:]
+        params = [
+            self.views.sample_params(rng, h, w, num_dates=len(r) if len(set(r)) > 1 else 1)
+            for rng, r in zip(rngs, rows, strict=True)
+        ]
         if max(int(p.date.max()) for p in params) == 0:  # no view uses a second date
             px, va = px[:, :1], va[:, :1]
-        glob, loc = self.views.apply(px, va, stack_params(params))
+        # In a loader worker the views are written to shared memory: no copy on the way to the trainer.
+        shared = torch.utils.data.get_worker_info() is not None
+        glob, loc = self.views.apply(
+            torch.from_numpy(px), torch.from_numpy(va), stack_params(params), shared=shared
+        )
         out: dict[str, Any] = {"globals": glob, "indices": torch.tensor(list(indices))}
         if loc is not None:
             out["locals"] = loc
         return out
+
+    def _read(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels (B, T, C, H, W) and valid masks (B, T, H, W) of the chips' rows (T dates each)."""
+        flat = [j for chip_rows in rows for j in chip_rows]
+        b, t = len(rows), len(rows[0])
+        if hasattr(self.source, "read_pixels"):  # a chip store: one batched read, native dtype
+            px, va = self.source.read_pixels(flat)
+        else:
+            items = [self.source[j] for j in flat]
+            px = np.stack([it["pixels"] for it in items])
+            va = np.stack([it["valid"] for it in items])
+        return px.reshape(b, t, *px.shape[1:]), va.reshape(b, t, *va.shape[1:])
 
 
 def build_views(
@@ -381,6 +395,9 @@ def make_loader(
 
 
 def _one_thread_per_worker(worker_id: int) -> None:
-    """Each loader worker is one core's worth of work: intra-op threads would only oversubscribe
-    the CPU that the other workers and the training step share (the views are small batched ops)."""
+    """Each loader worker is one core's worth of work: intra-op threads (torch's, and Blosc's chunk
+    decoding) would only oversubscribe the CPU that the other workers and the training step share."""
+    from numcodecs import blosc
+
     torch.set_num_threads(1)
+    blosc.set_nthreads(1)
