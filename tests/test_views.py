@@ -12,8 +12,8 @@ from scipy import ndimage
 
 from eo_jepa.bands import band_info
 from eo_jepa.errors import ConfigError
-from eo_jepa.train.config import ViewsConfig
-from eo_jepa.train.data import EpochBatchSampler, ViewBatchDataset
+from eo_jepa.train.config import DataConfig, ViewsConfig
+from eo_jepa.train.data import EpochBatchSampler, ViewBatchDataset, make_loader
 from eo_jepa.train.views import MultiCropViews, ViewParams, grayscale_weights, stack_params
 
 BANDS = ["red", "green", "blue", "nir", "swir16"]
@@ -207,6 +207,32 @@ def test_views_of_a_chip_do_not_depend_on_its_batch():
     torch.testing.assert_close(a["locals"][:, 1], b["locals"][:, 0], rtol=0, atol=0)
     c = ds[(4, (9,))]  # another epoch, other views
     assert not torch.equal(b["globals"], c["globals"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_reused_view_buffers_never_overwrite_a_batch_in_use(workers):
+    """Loader with the buffer pool (worker processes or the main process): every batch equals the
+    pool-less views of its chips; a batch that is held (not released) is never written again while
+    released buffers are reused."""
+    cfg = ViewsConfig(global_size=16, local_size=8)
+    src = _Source(n=48)
+    views = MultiCropViews(cfg, BANDS, STATS)
+    plain = ViewBatchDataset(src, views, seed=5)  # no pool: fresh tensors, the reference
+    loader, sampler = make_loader(src, views, DataConfig(batch_size=2, num_workers=workers), seed=5)
+    sampler.set_epoch(1)
+    held, keys = [], []
+    for n, batch in enumerate(loader):
+        ref = plain[(1, tuple(batch["indices"].tolist()))]
+        assert torch.equal(batch["globals"], ref["globals"]) and torch.equal(batch["locals"], ref["locals"])
+        keys.append(tuple(batch["buffer"]) if "buffer" in batch else None)
+        if n % 6 == 0:  # keep a copy to compare with later, and the batch itself unreleased
+            held.append((batch, batch["globals"].clone(), batch["locals"].clone()))
+        else:
+            loader.dataset.release(batch)
+    assert len(keys) == 24 and all(k is not None for k in keys[:2])
+    assert len(set(keys) - {None}) < len(keys)  # buffers were reused ...
+    for batch, glob, loc in held:  # ... but never one still in use
+        assert torch.equal(batch["globals"], glob) and torch.equal(batch["locals"], loc)
 
 
 def test_multi_date_globals_come_from_two_dates():

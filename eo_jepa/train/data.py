@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from torch.utils.data import Dataset, Sampler
 from eo_jepa.bands import check_bands
 from eo_jepa.errors import BandMismatchError, ConfigError, DataError
 from eo_jepa.train.config import DataConfig, ViewsConfig
-from eo_jepa.train.views import MultiCropViews, stack_params
+from eo_jepa.train.views import MultiCropViews, new_float_tensor, stack_params
 
 log = logging.getLogger(__name__)
 
@@ -297,16 +298,87 @@ class EpochBatchSampler(Sampler):
             yield self.epoch, tuple(idx[b * self.batch_size : (b + 1) * self.batch_size])
 
 
+class ViewBufferPool:
+    """Output buffers for view batches, reused once the consumer has released a batch.
+
+    A batch of views is large (about 50 MB for 16 chips with the default 2 x 224 px + 6 x 96 px
+    views), and touching fresh memory for every batch costs page faults that, on virtual machines,
+    rival the views' own compute; a loader worker must moreover put the batch in shared memory to
+    hand it over. So each producing process keeps a few buffer slots and writes a batch into a slot
+    whose previous batch was released with :meth:`release` (the trainer releases a batch right
+    after its backward pass). A batch that is never released keeps its slot, so nothing is ever
+    overwritten while in use; when no slot is free the batch gets fresh memory, as without a pool.
+
+    The slot states live in a small shared tensor: 0 = free, else the pid of the process whose
+    buffer holds a batch still in use. Only producers set a slot busy and only :meth:`release`
+    frees it, so a stale read can only make a producer allocate afresh. The consumer keeps the
+    tensors of released batches referenced: the next batch in the same shared buffer then reuses
+    the existing mapping instead of mapping (and faulting) it again.
+    """
+
+    def __init__(self, num_workers: int, slots: int) -> None:
+        self.state = torch.zeros(max(1, num_workers), slots, dtype=torch.int64).share_memory_()
+        self._buffers: dict[int, list[torch.Tensor]] = {}  # this process's slots
+        self._owner = os.getpid()
+        self._kept: dict[tuple[int, int], Any] = {}  # consumer side: released batches' tensors
+
+    def __getstate__(self) -> dict[str, Any]:  # a worker starts with no buffers of its own
+        return {**self.__dict__, "_buffers": {}, "_kept": {}}
+
+    def acquire(
+        self, shapes: Sequence[tuple[int, ...]], shared: bool
+    ) -> tuple[tuple[int, int, int] | None, list[torch.Tensor] | None]:
+        """A free slot's ``(key, tensors of shapes)``, or ``(None, None)`` when every slot is busy."""
+        pid = os.getpid()
+        if pid != self._owner:  # forked worker: the parent's buffers are not ours
+            self._buffers, self._kept, self._owner = {}, {}, pid
+        info = torch.utils.data.get_worker_info()
+        row = info.id if info is not None else 0
+        for slot in range(self.state.shape[1]):
+            if int(self.state[row, slot]) != 0:
+                continue
+            bufs = self._buffers.get(slot)
+            if bufs is None or [tuple(t.shape) for t in bufs] != [tuple(s) for s in shapes]:
+                bufs = self._buffers[slot] = [new_float_tensor(tuple(s), shared) for s in shapes]
+            self.state[row, slot] = pid
+            return (pid, row, slot), bufs
+        return None, None
+
+    def release(self, batch: Mapping[str, Any]) -> None:
+        """Let the producer reuse ``batch``'s buffer: the batch's tensors must not be used afterwards."""
+        key = batch.get("buffer")
+        if key is None:
+            return
+        pid, row, slot = (int(k) for k in key)
+        if int(self.state[row, slot]) == pid:
+            self.state[row, slot] = 0
+        if pid != os.getpid():
+            self._kept[(row, slot)] = [
+                t for t in batch.values() if isinstance(t, torch.Tensor) and t.is_shared()
+            ]
+
+
 class ViewBatchDataset(Dataset):
-    """Maps ``(epoch, indices)`` to a batch of views, built batch-wise inside a loader worker."""
+    """Maps ``(epoch, indices)`` to a batch of views, built batch-wise inside a loader worker.
+
+    With a :class:`ViewBufferPool` the views are written into reusable buffers; the batch then
+    carries a ``buffer`` key, and the consumer gives the buffer back with :meth:`release`.
+    """
 
     def __init__(
-        self, source: Any, views: MultiCropViews, *, seed: int = 0, multi_date: bool = False
+        self,
+        source: Any,
+        views: MultiCropViews,
+        *,
+        seed: int = 0,
+        multi_date: bool = False,
+        pool: ViewBufferPool | None = None,
     ) -> None:
         self.source = source
         self.views = views
         self.seed = seed
         self.multi_date = multi_date
+        self.pool = pool
         self._locations: dict[int, list[int]] | None = None
         if multi_date:
             by_loc = source.locations()
@@ -341,13 +413,23 @@ class ViewBatchDataset(Dataset):
             px, va = px[:, :1], va[:, :1]
         # In a loader worker the views are written to shared memory: no copy on the way to the trainer.
         shared = torch.utils.data.get_worker_info() is not None
+        key, buffers = None, None
+        if self.pool is not None:
+            key, buffers = self.pool.acquire(self.views.output_shapes(px.shape[0], px.shape[2]), shared)
         glob, loc = self.views.apply(
-            torch.from_numpy(px), torch.from_numpy(va), stack_params(params), shared=shared
+            torch.from_numpy(px), torch.from_numpy(va), stack_params(params), shared=shared, out=buffers
         )
         out: dict[str, Any] = {"globals": glob, "indices": torch.tensor(list(indices))}
         if loc is not None:
             out["locals"] = loc
+        if key is not None:
+            out["buffer"] = key
         return out
+
+    def release(self, batch: Mapping[str, Any]) -> None:
+        """Done with ``batch``: its buffer may be reused (no-op without a pool)."""
+        if self.pool is not None:
+            self.pool.release(batch)
 
     def _read(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Pixels (B, T, C, H, W) and valid masks (B, T, H, W) of the chips' rows (T dates each)."""
@@ -378,9 +460,16 @@ def make_loader(
     world_size: int = 1,
     pin_memory: bool = False,
 ) -> tuple[torch.utils.data.DataLoader, EpochBatchSampler]:
-    """A loader of view batches plus its sampler (call ``sampler.set_epoch(epoch, start)`` per epoch)."""
+    """A loader of view batches plus its sampler (call ``sampler.set_epoch(epoch, start)`` per epoch).
+
+    Call ``loader.dataset.release(batch)`` once a batch's tensors are no longer needed, so that its
+    buffer is reused (see :class:`ViewBufferPool`); batches never released simply are not reused.
+    """
     sampler = EpochBatchSampler(len(source), cfg.batch_size, rank=rank, world_size=world_size, seed=seed)
-    dataset = ViewBatchDataset(source, views, seed=seed, multi_date=cfg.multi_date)
+    # Slots per producer: the batches a worker may have queued (prefetch_factor), the one in the
+    # trainer's step and the one being fetched meanwhile.
+    pool = ViewBufferPool(cfg.num_workers, slots=4)
+    dataset = ViewBatchDataset(source, views, seed=seed, multi_date=cfg.multi_date, pool=pool)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,

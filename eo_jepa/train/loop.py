@@ -420,6 +420,9 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                         emb, proj_g, proj_l = wrapped(glob, loc)
                         out = loss_fn(proj_g.float(), None if proj_l is None else proj_l.float())
                     scaler.scale(out.loss / accum).backward()
+                # The step no longer needs the input views (backward has run): their buffer may be reused.
+                del glob, loc
+                loader.dataset.release(batch)
                 batch_pos += 1
                 if not last_micro:
                     continue

@@ -195,6 +195,14 @@ class MultiCropViews:
             solarize=solarize,
         )
 
+    def output_shapes(self, batch: int, channels: int) -> list[tuple[int, ...]]:
+        """Shapes of :meth:`apply`'s outputs for ``batch`` chips of ``channels`` bands (locals only if any)."""
+        cfg = self.cfg
+        shapes = [(cfg.num_global, batch, channels, cfg.global_size, cfg.global_size)]
+        if cfg.num_local:
+            shapes.append((cfg.num_local, batch, channels, cfg.local_size, cfg.local_size))
+        return shapes
+
     # ------------------------------------------------------------------ application
     def fill_invalid(self, pixels: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """Float32 pixels with invalid ones replaced by the band mean (0 after normalisation).
@@ -248,7 +256,7 @@ class MultiCropViews:
         groups = [(slice(0, cfg.num_global), cfg.global_size)]
         if cfg.num_local:
             groups.append((slice(cfg.num_global, cfg.num_global + cfg.num_local), cfg.local_size))
-        shapes = [(v.stop - v.start, b, c, size, size) for v, size in groups]
+        shapes = self.output_shapes(b, c)
         if out is not None:
             outs = list(out)[: len(groups)]
             if [tuple(o.shape) for o in outs] != shapes:
@@ -256,7 +264,7 @@ class MultiCropViews:
                     f"out tensors have shapes {[tuple(o.shape) for o in outs]}, expected {shapes}"
                 )
         else:
-            outs = [_new_tensor(shape, shared) for shape in shapes]
+            outs = [new_float_tensor(shape, shared) for shape in shapes]
         # A few chips at a time: every intermediate (float chips, resampled and jittered views) then
         # stays in the CPU cache and is reused by the allocator, instead of streaming whole-batch
         # temporaries (50 MB for 16 chips of 256 px) through memory; each view depends on its own
@@ -362,7 +370,7 @@ class MultiCropViews:
         return x
 
 
-def _new_tensor(shape: tuple[int, ...], shared: bool) -> torch.Tensor:
+def new_float_tensor(shape: tuple[int, ...], shared: bool) -> torch.Tensor:
     """An uninitialised float32 tensor, in shared memory when ``shared`` (as the DataLoader's own
     collate does in workers: a shared tensor crosses to the main process without a copy)."""
     if not shared:
