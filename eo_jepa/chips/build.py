@@ -14,6 +14,7 @@ cluster (``scheduler="tcp://..."`` or a ``distributed.Client``); the same plan e
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -33,8 +34,11 @@ from eo_jepa.chips.read import (
     ChipRead,
     ReadError,
     SourceCache,
+    _asset_groups,
+    cached_probe,
     close_cached_datasets,
     enter_gdal_env,
+    prefetch,
     read_chip,
 )
 from eo_jepa.chips.stats import BandHistograms
@@ -194,6 +198,13 @@ def _passes(cfg: ChipConfig, cloud: float, nodata: float) -> str | None:
     return None
 
 
+def _score_key(cfg: ChipConfig, item: ItemInfo, probe: ChipRead) -> tuple[Any, ...]:
+    """Sort key of a candidate scene: passing first, then least masked, least cloudy, oldest, id."""
+    fails = _passes(cfg, probe.cloud_fraction, probe.nodata_fraction) is not None
+    cc = item.cloud_cover if item.cloud_cover is not None else 101.0
+    return (fails, round(probe.masked_fraction, 9), cc, item.datetime, item.id)
+
+
 def _choose(
     loc: Location,
     candidates: list[str],
@@ -201,19 +212,25 @@ def _choose(
     cfg: ChipConfig,
     cache: SourceCache,
     skipped: dict[str, str],
+    probes: dict[tuple[str, str], ChipRead],
 ) -> list[ChipRead]:
-    """The clearest ``dates_per_location`` scenes: score each candidate by its mask, then read bands."""
+    """The clearest ``dates_per_location`` scenes: score each candidate by its mask, then read bands.
+
+    ``probes``: mask-only reads :func:`_prefetch` already made from prefetched windows, by (location
+    id, item id); each equals what ``read_chip`` would return here, so it is used instead unless one of
+    its assets failed meanwhile (then ``read_chip`` raises the same error it always did).
+    """
     scored = []
     for item_id in candidates:
         item = items[item_id]
+        probe = probes.pop((loc.location_id, item_id), None)
         try:
-            probe = read_chip(item, loc, cfg, cache, mask_only=True)
+            if probe is None or any(h in cache.failed for h in probe.hrefs):
+                probe = read_chip(item, loc, cfg, cache, mask_only=True)
         except ReadError as exc:
             skipped.setdefault(item_id, str(exc))
             continue
-        fails = _passes(cfg, probe.cloud_fraction, probe.nodata_fraction) is not None
-        cc = item.cloud_cover if item.cloud_cover is not None else 101.0
-        scored.append(((fails, round(probe.masked_fraction, 9), cc, item.datetime, item.id), probe))
+        scored.append((_score_key(cfg, item, probe), probe))
     scored.sort(key=lambda s: s[0])
     chosen: list[ChipRead] = []
     for key, probe in scored:
@@ -229,27 +246,139 @@ def _choose(
     return chosen
 
 
+def _prefetch(
+    locs: list[tuple[Location, list[str]]], items: dict[str, ItemInfo], cfg: ChipConfig, cache: SourceCache
+) -> dict[tuple[str, str], ChipRead]:
+    """Read a task's windows a row of chips at a time before :func:`_choose` asks for them one by one.
+
+    First the quality mask of every candidate scene; the mask-only probes are then computed from
+    those windows (returned for :func:`_choose`); from them, the scenes each location will most likely
+    choose, whose bands are fetched the same way. Pure speculation: what is not prefetched (a failed
+    or unaligned read, a guess that a read error later proves wrong) is read chip by chip as before,
+    in the same order, so the results and the errors reported are those of chip-by-chip reads.
+    """
+    sensor, provider = cfg.sensor_info, cfg.stac.provider
+    mask_key = sensor.mask_asset.get(provider)
+    groups = [(key, idx, cfg.resampling) for key, idx, _ in _asset_groups(sensor, cfg.bands, provider)]
+
+    def fetch(item_id: str, where: list[Location], assets: list[tuple[str, list[int], str]]) -> None:
+        for key, indexes, resampling in assets:
+            asset = items[item_id].assets.get(key)
+            if asset is not None:
+                prefetch(cache, asset.href, indexes, resampling, where)
+
+    by_item: dict[str, list[Location]] = {}
+    for loc, candidates in locs:
+        for item_id in candidates:
+            by_item.setdefault(item_id, []).append(loc)
+    first = [(mask_key, [1], "nearest")] if mask_key is not None else groups
+    for item_id, where in by_item.items():
+        fetch(item_id, where, first)
+    probes: dict[tuple[str, str], ChipRead] = {}
+    picks: dict[str, list[Location]] = {}
+    for loc, candidates in locs:
+        scored = []
+        for item_id in candidates:
+            probe = cached_probe(items[item_id], loc, cfg, cache)
+            if probe is not None:
+                probes[(loc.location_id, item_id)] = probe
+                scored.append((_score_key(cfg, items[item_id], probe), item_id))
+        if mask_key is not None and len(scored) == len(candidates):
+            for _, item_id in sorted(scored)[: cfg.dates_per_location]:
+                picks.setdefault(item_id, []).append(loc)
+    for item_id, where in picks.items():
+        fetch(item_id, where, groups)
+    return probes
+
+
+# Per process: parsed task configs by their JSON text (``from_dict`` validates: ~2 ms a call).
+_CONFIGS: dict[str, ChipConfig] = {}
+_LOCATION_FIELDS = tuple(f.name for f in dataclasses.fields(Location) if f.name != "footprint")
+
+
+def _task_config(data: dict[str, Any]) -> ChipConfig:
+    key = json.dumps(data, sort_keys=True)
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        if len(_CONFIGS) > 16:
+            _CONFIGS.clear()
+        cfg = _CONFIGS[key] = from_dict(ChipConfig, data)
+    return cfg
+
+
 def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the chips of one task and journal it. Picklable entry point for pools and Dask."""
-    cfg = from_dict(ChipConfig, spec["config"])
-    root = Path(spec["root"])
+    return run_tasks([spec])[0]
+
+
+def run_tasks(
+    specs: list[dict[str, Any]], on_done: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
+    """Build the chips of several tasks of one store in turn, journalling each. Picklable entry point.
+
+    One chip writer serves them all: while task k+1 is read, the writer thread encodes and writes the
+    chunks of task k, makes them durable and only then writes task k's journal entry. Returns (and
+    passes to ``on_done``, on this thread, as they finish) one result per task, in order, once its
+    journal entry is written.
+    """
+    if not specs:
+        return []
+    writer = ChipWriter(Path(specs[0]["root"]), fsync=specs[0].get("fsync", True))
+    enter_gdal_env()  # stays entered in this thread/worker: keeps GDAL's block cache warm across tasks
+    results: list[dict[str, Any]] = []
+    commits: list[Any] = []
+
+    def collect(block: bool) -> None:
+        while commits and (block or commits[0].done()):
+            results.append(commits.pop(0).result())
+            if on_done is not None:
+                on_done(results[-1])
+
+    try:
+        for spec in specs:
+            journal = _build_task(spec, writer)
+            commits.append(writer.commit(partial(_write_journal, Path(spec["root"]), journal)))
+            while len(commits) > 2:  # bound the chips held in memory for the writer
+                commits[0].result()
+                collect(block=False)
+            collect(block=False)
+        collect(block=True)
+    finally:
+        writer.close()
+    return results
+
+
+def _write_journal(root: Path, journal: dict[str, Any]) -> dict[str, Any]:
+    """The task's journal entry (its chunks are durable already); the task's result for the driver."""
+    atomic_write_json(_journal_path(root, journal["task_id"]), journal, indent=None)
+    records = journal["records"]
+    return {
+        "task_id": journal["task_id"],
+        "chips": len(records),
+        "ok": sum(r["status"] == "ok" for r in records),
+        "skipped": journal["skipped"],
+    }
+
+
+def _build_task(spec: dict[str, Any], writer: ChipWriter) -> dict[str, Any]:
+    """Read, mask and harmonise the chips of one task, hand them to ``writer``; the journal entry."""
+    cfg = _task_config(spec["config"])
     items = {k: ItemInfo.from_dict(v) for k, v in spec["items"].items()}
-    bands = cfg.band_names
-    writer = ChipWriter(root, fsync=spec.get("fsync", True))
-    hist = BandHistograms(bands, cfg.sensor_info.dtype)
+    hist = BandHistograms(cfg.band_names, cfg.sensor_info.dtype)
     records: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     sign = partial(sign_href, timeout_s=cfg.stac.sign_timeout_s) if cfg.stac.sign == "auto" else None
     dpl = cfg.dates_per_location
-    enter_gdal_env()  # stays entered in this thread/worker: keeps GDAL's block cache warm across tasks
     cache = SourceCache(sign)
+    # the footprint stays the plan's WKT text: what ``footprint.wkt`` gave when the plan was written
+    locs = [(Location(**{k: e[k] for k in _LOCATION_FIELDS}, footprint=None), e) for e in spec["locations"]]
     try:
-        for entry in spec["locations"]:
-            loc = Location.from_dict({k: v for k, v in entry.items() if k not in ("candidates", "index")})
-            chosen = _choose(loc, entry["candidates"], items, cfg, cache, skipped)
+        probes = _prefetch([(loc, e["candidates"]) for loc, e in locs], items, cfg, cache)
+        for loc, entry in locs:
+            chosen = _choose(loc, entry["candidates"], items, cfg, cache, skipped, probes)
             for slot in range(dpl):
                 row = entry["index"] * dpl + slot
-                rec = _record(loc, slot)
+                rec = _record(loc, slot, entry["footprint"])
                 if slot < len(chosen):
                     chip = chosen[slot]
                     assert chip.pixels is not None
@@ -277,18 +406,10 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
                 records.append(rec)
     finally:
         cache.close()
-        writer.close()  # chunks on disk (fsynced) before the partial and the journal entry
-    entry = {"task_id": spec["task_id"], "records": records, "skipped": skipped, "stats": hist.to_sparse()}
-    atomic_write_json(_journal_path(root, spec["task_id"]), entry, indent=None)
-    return {
-        "task_id": spec["task_id"],
-        "chips": len(records),
-        "ok": sum(r["status"] == "ok" for r in records),
-        "skipped": skipped,
-    }
+    return {"task_id": spec["task_id"], "records": records, "skipped": skipped, "stats": hist.to_sparse()}
 
 
-def _record(loc: Location, slot: int) -> dict[str, Any]:
+def _record(loc: Location, slot: int, footprint_wkt: str) -> dict[str, Any]:
     return {
         "chip_id": f"{loc.location_id}_{slot}",
         "row": -1,
@@ -300,7 +421,7 @@ def _record(loc: Location, slot: int) -> dict[str, Any]:
         "datetime": None,
         "crs": f"EPSG:{loc.epsg}",
         "transform": list(loc.transform),
-        "geometry": loc.footprint.wkt,
+        "geometry": footprint_wkt,
         "item_ids": [],
         "hrefs": [],
         "cloud_fraction": None,
@@ -341,17 +462,22 @@ def _process_context() -> Any:
     return ctx
 
 
-def _stripes(specs: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
-    """Submission order giving each worker a contiguous run of tasks: ``workers`` stripes interleaved.
+def _batches(specs: list[dict[str, Any]], workers: int) -> list[list[dict[str, Any]]]:
+    """Batches of tasks for :func:`run_tasks`, in submission order: ``workers`` stripes interleaved.
 
-    Neighbouring tasks read the same COG blocks; a worker taking the next task of its own stripe finds
-    those blocks decoded in its GDAL cache, where round-robin would make every worker decode each of
-    them. (Results do not depend on the order: the index and stats are assembled in plan order.)
+    Each worker takes a contiguous run of tasks: neighbouring tasks read the same COG blocks, and a
+    worker taking the next batch of its own stripe finds those blocks decoded in its GDAL cache, where
+    round-robin would make every worker decode each of them. A batch shares one chip writer, so its
+    tasks' syncs and journal writes overlap its reads; about four batches per worker keep the load
+    balanced and the progress bar moving. (Results do not depend on the order: the index and stats
+    are assembled in plan order.)
     """
     n = len(specs)
     bounds = [round(k * n / workers) for k in range(workers + 1)]
     stripes = [specs[bounds[k] : bounds[k + 1]] for k in range(workers)]
-    return [s[i] for i in range(max(map(len, stripes))) for s in stripes if i < len(s)]
+    size = max(1, min(8, max(map(len, stripes)) // 4))
+    split = [[s[i : i + size] for i in range(0, len(s), size)] for s in stripes]
+    return [b[i] for i in range(max(map(len, split))) for b in split if i < len(b)]
 
 
 def _execute(
@@ -369,16 +495,16 @@ def _execute(
 
         client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
         try:
-            futures = client.map(run_task, specs, pure=False)
+            futures = client.map(run_tasks, _batches(specs, max(1, workers)), pure=False)
             for fut in as_completed(futures):
-                on_done(fut.result())
+                for result in fut.result():
+                    on_done(result)
         finally:
             if client is not scheduler:
                 client.close()
         return
     if workers <= 1:
-        for spec in specs:
-            on_done(run_task(spec))
+        run_tasks(specs, on_done)
         return
     import concurrent.futures as cf
 
@@ -388,9 +514,10 @@ def _execute(
     else:
         pool = cf.ProcessPoolExecutor(workers, mp_context=_process_context())
     try:
-        futures = [pool.submit(run_task, s) for s in _stripes(specs, workers)]
+        futures = [pool.submit(run_tasks, batch) for batch in _batches(specs, workers)]
         for fut in cf.as_completed(futures):
-            on_done(fut.result())
+            for result in fut.result():
+                on_done(result)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

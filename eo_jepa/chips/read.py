@@ -98,8 +98,8 @@ def enter_gdal_env() -> None:
         _ENV.env = env
 
 
-def _epsg_codes() -> dict[str, int | None]:
-    """This thread's EPSG code of each open dataset in :func:`_handles`, by href."""
+def _epsg_codes() -> dict[str, tuple[Any, int | None]]:
+    """This thread's (transform, EPSG code) of each open dataset in :func:`_handles`, by href."""
     codes = getattr(_HANDLES, "epsg", None)
     if codes is None:
         codes = _HANDLES.epsg = {}
@@ -132,14 +132,21 @@ class SourceCache:
         self._epsg = _epsg_codes()
         self._checked: set[str] = set()
         self.failed: dict[str, str] = {}
+        # (href, band indexes, resampling) -> (data (k, size, width), {location_id: first column}):
+        # windows of several chips read at once by :func:`prefetch`, for this task only
+        self._windows: dict[tuple[str, tuple[int, ...], str], tuple[np.ndarray, dict[str, int]]] = {}
 
-    def epsg(self, href: str, ds: Any) -> int | None:
-        """EPSG code of the open dataset ``ds`` of ``href`` (``CRS.to_epsg`` costs ~30 us a call)."""
-        if href not in self._epsg:
-            self._epsg[href] = ds.crs.to_epsg() if ds.crs is not None else None
-        return self._epsg[href]
+    def geo(self, href: str, ds: Any) -> tuple[Any, int | None]:
+        """(transform, EPSG code) of the open dataset ``ds`` of ``href``, looked up once per open
+        dataset (``CRS.to_epsg`` costs ~30 us a call, ``ds.transform`` builds a new Affine)."""
+        geo = self._epsg.get(href)
+        if geo is None:
+            geo = self._epsg[href] = (ds.transform, ds.crs.to_epsg() if ds.crs is not None else None)
+        return geo
 
-    def open(self, href: str) -> Any:
+    def open(self, href: str, *, remember_failure: bool = True) -> Any:
+        """The open dataset of ``href``; ReadError if it cannot be opened (remembered for the task
+        unless ``remember_failure`` is False: a speculative :func:`prefetch` must change nothing)."""
         import rasterio
         from rasterio.errors import RasterioError
 
@@ -155,8 +162,10 @@ class SourceCache:
             try:
                 ds = rasterio.open(self._sign(href))
             except (RasterioError, OSError) as exc:
-                self.failed[href] = f"cannot open {href}: {exc}"
-                raise ReadError(self.failed[href]) from None
+                message = f"cannot open {href}: {exc}"
+                if remember_failure:
+                    self.failed[href] = message
+                raise ReadError(message) from None
             entry = self._open[href] = (ds, time.monotonic(), _file_stamp(href))
             self._checked.add(href)
             while len(self._open) > MAX_OPEN:
@@ -176,9 +185,23 @@ class SourceCache:
         self.failed[href] = message
         self._drop(href)
 
+    def window(self, href: str, indexes: list[int], resampling: str, loc: Location) -> np.ndarray | None:
+        """The chip window of ``loc`` from a :func:`prefetch` of ``href`` (a view), else None.
+
+        ReadError when ``href`` failed earlier in the task, exactly as a fresh read would raise.
+        """
+        if href in self.failed:
+            raise ReadError(self.failed[href])
+        hit = self._windows.get((href, tuple(indexes), resampling))
+        if hit is None or loc.location_id not in hit[1]:
+            return None
+        col = hit[1][loc.location_id]
+        return hit[0][:, :, col : col + loc.size]
+
     def close(self) -> None:
         """End of task: failed handles are gone already; good ones stay for the next task."""
         self._checked.clear()
+        self._windows.clear()
 
 
 def _as_int(value: float) -> int | None:
@@ -194,32 +217,46 @@ def _all_covered(size: int) -> np.ndarray:
     return out
 
 
+def _aligned_window(t: Any, epsg: int | None, loc: Location) -> tuple[int, int, int] | None:
+    """(col, row, n): the chip of ``loc`` is the n x n pixel window at (col, row) of a raster with
+    transform ``t`` in ``epsg`` (possibly reaching outside it); None when the grids do not line up."""
+    if epsg is None or epsg != loc.epsg or t.b != 0 or t.d != 0 or t.e != -t.a:
+        return None
+    res = t.a
+    col, row, n = (
+        _as_int((loc.x0 - t.c) / res),
+        _as_int((t.f - loc.y0) / res),
+        _as_int(loc.size * loc.gsd / res),
+    )
+    if col is None or row is None or n is None or n <= 0:
+        return None
+    return col, row, n
+
+
 def read_to_grid(
-    ds: Any, indexes: list[int], loc: Location, resampling: str, *, epsg: int | None = None
+    ds: Any,
+    indexes: list[int],
+    loc: Location,
+    resampling: str,
+    *,
+    epsg: int | None = None,
+    transform: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bands ``indexes`` of ``ds`` on the chip grid of ``loc``: (data (k, H, W), covered (H, W) bool).
 
-    ``epsg``: the dataset's EPSG code when the caller knows it already (else looked up).
+    ``epsg``, ``transform``: the dataset's EPSG code and transform when the caller knows them already
+    (else looked up).
     """
     from rasterio.enums import Resampling
     from rasterio.windows import Window
 
     alg = Resampling[resampling]
     size = loc.size
-    t = ds.transform
     if epsg is None and ds.crs is not None:
         epsg = ds.crs.to_epsg()
-    aligned = epsg is not None and epsg == loc.epsg and t.b == 0 and t.d == 0 and t.e == -t.a
-    if aligned:
-        res = t.a
-        col, row, n = (
-            _as_int((loc.x0 - t.c) / res),
-            _as_int((t.f - loc.y0) / res),
-            _as_int(size * loc.gsd / res),
-        )
-        aligned = col is not None and row is not None and n is not None and n > 0
-    if aligned:
-        assert col is not None and row is not None and n is not None
+    aligned = _aligned_window(ds.transform if transform is None else transform, epsg, loc)
+    if aligned is not None:
+        col, row, n = aligned
         c0, r0 = max(col, 0), max(row, 0)
         c1, r1 = min(col + n, ds.width), min(row + n, ds.height)
         if (c0, r0, c1, r1) == (col, row, col + n, row + n):  # wholly inside: the common case
@@ -266,6 +303,69 @@ def _warp(ds: Any, indexes: list[int], loc: Location, alg: Any) -> tuple[np.ndar
     return data, covered
 
 
+def prefetch(
+    cache: SourceCache, href: str, indexes: list[int], resampling: str, locs: list[Location]
+) -> None:
+    """Read the chip windows of ``locs`` from ``href`` with one windowed read per row of adjacent chips
+    and keep them in ``cache`` for :func:`read_chip` (until the task ends).
+
+    A windowed read costs about the same for one chip as for a row of them (GDAL's per-call and
+    rasterio's per-call overhead dominate once the COG blocks are decoded), so this is most of the
+    builder's read cost saved. The result is identical to chip-by-chip reads: only chips whose window
+    lies wholly inside the raster on an aligned grid are batched, and a wider window at the same
+    scale gives the same pixels for nearest and bilinear resampling (GDAL takes the resampling kernel's
+    source pixels from beyond the window edge either way; tests/test_chips_build.py checks it).
+    Speculative: any failure (open, decode) just leaves the chips to be read one by one as before.
+    """
+    from rasterio.enums import Resampling
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    if len(locs) < 2 or href in cache.failed:
+        return
+    try:
+        ds = cache.open(href, remember_failure=False)
+    except ReadError:
+        return
+    t, epsg = cache.geo(href, ds)
+    rows: dict[tuple[int, int, int], list[tuple[int, Location]]] = {}
+    for loc in locs:
+        aligned = _aligned_window(t, epsg, loc)
+        if aligned is None:
+            continue
+        col, row, n = aligned
+        if col >= 0 and row >= 0 and col + n <= ds.width and row + n <= ds.height:
+            rows.setdefault((row, n, loc.size), []).append((col, loc))
+    found: dict[str, int] = {}
+    parts: list[np.ndarray] = []
+    width = 0
+    for (row, n, size), members in rows.items():
+        members.sort(key=lambda m: m[0])
+        start = 0
+        for i in range(1, len(members) + 1):  # runs of horizontally adjacent chips
+            if i < len(members) and members[i][0] == members[i - 1][0] + n:
+                continue
+            run, start = members[start:i], i
+            if len(run) < 2:
+                continue
+            try:
+                data = ds.read(
+                    indexes,
+                    window=Window(run[0][0], row, n * len(run), n),
+                    out_shape=(len(indexes), size, size * len(run)),
+                    resampling=Resampling[resampling],
+                )
+            except (RasterioError, OSError):
+                return
+            for j, (_, loc) in enumerate(run):
+                found[loc.location_id] = width + j * size
+            parts.append(data)
+            width += data.shape[2]
+    if parts and len({p.shape[1] for p in parts}) == 1:
+        data = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+        cache._windows[(href, tuple(indexes), resampling)] = (data, found)
+
+
 @dataclass
 class ChipRead:
     """One chip read from one item."""
@@ -305,6 +405,19 @@ def _group_assets(sensor: Sensor, bands: list[str], provider: str) -> list[tuple
     return [(k, v[0], v[1]) for k, v in groups.items()]
 
 
+class _NotCached(Exception):
+    """A window :func:`cached_probe` needs is not in the cache."""
+
+
+def cached_probe(item: ItemInfo, loc: Location, cfg: ChipConfig, cache: SourceCache) -> ChipRead | None:
+    """``read_chip(..., mask_only=True)`` when every window it needs was prefetched into ``cache``
+    (no I/O, no side effect); None otherwise (also for a missing asset or an href that failed)."""
+    try:
+        return _read_chip(item, loc, cfg, cache, mask_only=True, probe=None, cached_only=True)
+    except (_NotCached, ReadError):
+        return None
+
+
 def read_chip(
     item: ItemInfo,
     loc: Location,
@@ -319,6 +432,19 @@ def read_chip(
     ``mask_only``: read just the quality mask (S2 SCL) to score the scene; sensors without a mask are
     read in full. ``probe``: an earlier mask-only read of the same chip whose mask is reused.
     """
+    return _read_chip(item, loc, cfg, cache, mask_only=mask_only, probe=probe, cached_only=False)
+
+
+def _read_chip(
+    item: ItemInfo,
+    loc: Location,
+    cfg: ChipConfig,
+    cache: SourceCache,
+    *,
+    mask_only: bool,
+    probe: ChipRead | None,
+    cached_only: bool,
+) -> ChipRead:
     from rasterio.errors import RasterioError
 
     sensor = cfg.sensor_info
@@ -335,9 +461,15 @@ def read_chip(
 
     def read(key: str, indexes: list[int], resampling: str) -> tuple[np.ndarray, np.ndarray]:
         href = asset_href(key)
+        window = cache.window(href, indexes, resampling, loc)
+        if window is not None:
+            return window, _all_covered(size)
+        if cached_only:
+            raise _NotCached
         ds = cache.open(href)
         try:
-            return read_to_grid(ds, indexes, loc, resampling, epsg=cache.epsg(href, ds))
+            t, epsg = cache.geo(href, ds)
+            return read_to_grid(ds, indexes, loc, resampling, epsg=epsg, transform=t)
         except (RasterioError, OSError) as exc:
             message = f"cannot read {href}: {exc}"
             cache.fail(href, message)
