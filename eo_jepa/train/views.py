@@ -273,10 +273,13 @@ class MultiCropViews:
             chunk = slice(start, min(b, start + _CHIPS_PER_PASS))
             px = self.fill_invalid(pixels[chunk], valid[chunk] if valid is not None else None)
             for out, (views, size) in zip(outs, groups, strict=True):
-                out[:, chunk] = self._group(px, {k: v[views, chunk] for k, v in params.items()}, size)
+                self._group(px, {k: v[views, chunk] for k, v in params.items()}, size, out[:, chunk])
         return outs[0], outs[1] if cfg.num_local else None
 
-    def _group(self, pixels: torch.Tensor, p: Mapping[str, np.ndarray], size: int) -> torch.Tensor:
+    def _group(
+        self, pixels: torch.Tensor, p: Mapping[str, np.ndarray], size: int, dest: torch.Tensor
+    ) -> None:
+        """Views of one group (same output size) of a few chips, written into ``dest`` (nv, B, C, S, S)."""
         b, t, c, h, w = pixels.shape
         nv = p["box"].shape[0]  # p: (nv, B, ...)
         # One grid_sample per group: the grids of a chip's views are stacked along the output
@@ -293,29 +296,27 @@ class MultiCropViews:
         else:
             date = torch.from_numpy(p["date"])  # (nv, B)
             x = torch.take_along_dim(out, date[:, :, None, None, None, None], dim=2)[:, :, 0]
-        return self._photometric(x, {k: v.reshape(nv * b, *v.shape[2:]) for k, v in p.items()})
+        self._photometric(x, {k: v.reshape(nv * b, *v.shape[2:]) for k, v in p.items()}, dest)
 
-    def _photometric(self, x: torch.Tensor, p: Mapping[str, np.ndarray]) -> torch.Tensor:
+    def _photometric(self, x: torch.Tensor, p: Mapping[str, np.ndarray], dest: torch.Tensor) -> None:
         """Jitter, grayscale, blur (and rgb solarise) and normalisation of (nv, B, C, S, S) views.
 
-        ``x`` may be a strided view of the resampled batch; the result is a new contiguous
-        (nv, B, C, S, S) tensor (the first op writes it, so there is no separate copy).
+        ``x`` may be a strided view of the resampled batch; ``dest`` (same shape) is a slice of the
+        output batch, strided between views: the first op writes it, the others work in place.
         """
         nv, b, c, s, _ = x.shape
         if self.mode == "rgb":
             # reshape copies the strided view (or views the temporary resample output): _rgb works in place
-            out = self._rgb(x.reshape(nv * b, c, s, s), p)
+            dest.copy_(self._rgb(x.reshape(nv * b, c, s, s), p).view(nv, b, c, s, s))
         else:
-            out = self._multispectral(x, p)
-        return out.view(nv, b, c, s, s)
+            self._multispectral(x, p, dest)
 
-    def _multispectral(self, x: torch.Tensor, p: Mapping[str, np.ndarray]) -> torch.Tensor:
+    def _multispectral(self, x: torch.Tensor, p: Mapping[str, np.ndarray], out: torch.Tensor) -> None:
         # Per-band brightness b and contrast c about the view's band mean m, clamped at 0 reflectance,
-        # then normalised, as ONE per-(view, band) affine map x * a + o written straight into a new
-        # contiguous tensor: ((x*b - m*b)*c + m*b - mean)/std = x * (b*c/std) + (m*b*(1-c) - mean)/std.
+        # then normalised, as ONE per-(view, band) affine map x * a + o written straight into the
+        # output: ((x*b - m*b)*c + m*b - mean)/std = x * (b*c/std) + (m*b*(1-c) - mean)/std.
         # Identity jitter where the view is not jittered.
-        nv, nb, c, s, _ = x.shape
-        n = nv * nb
+        nv, nb, c = x.shape[:3]
         on = torch.from_numpy(p["jitter"])[:, None]
         bright = torch.where(on, torch.from_numpy(p["brightness"]).float(), 1.0).view(nv, nb, c, 1, 1)
         contr = torch.where(on, torch.from_numpy(p["contrast"]).float(), 1.0).view(nv, nb, c, 1, 1)
@@ -323,20 +324,18 @@ class MultiCropViews:
         inv_std = 1.0 / self.std
         scale = bright * contr * inv_std
         offset = (m * bright * (1 - contr) - self.mean) * inv_std  # mean -> exactly 0 when b = c = 1
-        out = torch.empty((nv, nb, c, s, s), dtype=torch.float32)
         torch.mul(x, scale, out=out)
-        out = out.view(n, c, s, s)
         # A separate add, not addcmul: a fused multiply-add would leave filled (band-mean) pixels a
         # rounding error away from exactly 0.
-        out.add_(offset.view(n, c, 1, 1))
+        out.add_(offset)
         torch.maximum(out, -self.mean * inv_std, out=out)  # reflectance >= 0
-        if (idx := _subset(p["gray"])) is not None:
+        if (idx := _views_of(p["gray"], nb)) is not None:
             # band-weighted mean reflectance sum_c w_c (x_c std_c + mean_c), normalised per band
-            sel = out.index_select(0, idx)
+            sel = out[idx]
             gray = (sel * (self.gray_w * self.std)).sum(dim=1, keepdim=True) + (self.gray_w * self.mean).sum()
-            out.index_copy_(0, idx, (gray - self.mean) * inv_std)
+            out.index_put_(idx, (gray - self.mean) * inv_std)
         # A normalised Gaussian kernel commutes with the per-band affine normalisation.
-        return self._blur(out, p)
+        self._blur(out, p)
 
     def _rgb(self, x: torch.Tensor, p: Mapping[str, np.ndarray]) -> torch.Tensor:
         x.mul_(self.value_scale).clamp_(0.0, 1.0)
@@ -352,22 +351,25 @@ class MultiCropViews:
         if (idx := _subset(p["gray"])) is not None:
             sel = x[idx]
             x[idx] = (sel * self.gray_w).sum(dim=1, keepdim=True).expand_as(sel)
-        x = self._blur(x, p)
+        self._blur(x.unsqueeze(0), p)
         if (idx := _subset(p["solarize"])) is not None:
             sel = x[idx]
             x[idx] = torch.where(sel >= 0.5, 1.0 - sel, sel)
         return x.div_(self.value_scale).sub_(self.mean).div_(self.std)
 
     @staticmethod
-    def _blur(x: torch.Tensor, p: Mapping[str, np.ndarray]) -> torch.Tensor:
-        if (idx := _subset(p["blur"])) is not None:
-            sigma = torch.from_numpy(p["sigma"][idx.numpy()]).float()
-            radius = torch.ceil(3 * sigma).long()
-            for r in radius.unique().tolist():  # one grouped convolution per kernel radius, in place
-                sel = radius == r
-                rows = idx[sel]  # index_select / index_copy_ copy whole images, faster than x[rows]
-                x.index_copy_(0, rows, _blur_same_radius(x.index_select(0, rows), sigma[sel]))
-        return x
+    def _blur(x: torch.Tensor, p: Mapping[str, np.ndarray]) -> None:
+        """Blur the views of ``x`` (nv, nb, C, S, S), in place, where ``p['blur']`` (flat nv * nb) says so."""
+        nb = x.shape[1]
+        flags = np.asarray(p["blur"])
+        if not flags.any():
+            return
+        sigma = np.asarray(p["sigma"], dtype=np.float32)
+        radius = np.ceil(3 * sigma).astype(np.int64)
+        for r in np.unique(radius[flags]).tolist():  # one grouped convolution per kernel radius
+            sel = flags & (radius == r)
+            idx = _views_of(sel, nb)
+            x.index_put_(idx, _blur_same_radius(x[idx], torch.from_numpy(sigma[sel])))
 
 
 def new_float_tensor(shape: tuple[int, ...], shared: bool) -> torch.Tensor:
@@ -377,6 +379,15 @@ def new_float_tensor(shape: tuple[int, ...], shared: bool) -> torch.Tensor:
         return torch.empty(shape, dtype=torch.float32)
     storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
     return torch.empty(0, dtype=torch.float32).set_(storage).view(shape)
+
+
+def _views_of(flag: np.ndarray, nb: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Indices (view, chip) into (nv, nb, ...) of the flat (nv * nb) views where ``flag`` is set."""
+    idx = np.flatnonzero(flag)
+    if not idx.size:
+        return None
+    v, b = np.divmod(idx, nb)
+    return torch.from_numpy(v), torch.from_numpy(b)
 
 
 def _subset(flag: np.ndarray) -> torch.Tensor | None:
