@@ -70,6 +70,26 @@ def test_full_box_is_the_normalised_chip_and_invalid_pixels_become_zero():
     assert (glob[0, 0][:, ~torch.from_numpy(valid)] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.float32, torch.float64])
+def test_any_input_dtype_gives_the_same_views_and_nan_is_invalid(dtype):
+    views = MultiCropViews(_plain_cfg(global_size=16), BANDS, STATS)
+    chip = np.round(_chip(3))  # integral values: exact in every dtype
+    valid = np.ones((16, 16), bool)
+    valid[5:7, 1:4] = False
+    params = stack_params([_params(1, 5, [0, 0, 16, 16])])
+    ref = views.apply(torch.from_numpy(chip)[None], torch.from_numpy(valid)[None], params)[0]
+    px = torch.from_numpy(chip.astype(np.float64)).to(dtype)[None]
+    vmask = torch.from_numpy(valid)[None]
+    if dtype.is_floating_point:  # NaN marks invalid pixels too, even where valid says True
+        px[0, :, 10, 10] = float("nan")
+    got = views.apply(px, vmask, params)[0]
+    assert got.dtype == torch.float32
+    if dtype.is_floating_point:
+        assert (got[0, 0, :, 10, 10] == 0).all()
+        got[0, 0, :, 10, 10] = ref[0, 0, :, 10, 10]
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("k", [0, 1, 2, 3])
 @pytest.mark.parametrize("flip", ["none", "h", "v"])
 def test_rotations_and_flips_are_exact_pixel_permutations(k, flip):
