@@ -38,6 +38,7 @@ from eo_jepa.chips.read import (
     cached_probe,
     close_cached_datasets,
     enter_gdal_env,
+    forget_checks,
     prefetch,
     read_chip,
 )
@@ -130,6 +131,8 @@ def _search(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, list
 
 def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, Any]:
     """Search every AOI and lay out the grid; StacError when nothing is found (nothing written)."""
+    import numpy as np
+    import shapely
     from shapely.geometry import mapping, shape
 
     found = _search(aois, cfg, source)
@@ -146,9 +149,11 @@ def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, An
             items.setdefault(item.id, item)
             shapes.setdefault(item.id, shape(item.geometry))
     locations = plan_locations(aois, cfg.chip_size, cfg.gsd_m)
+    footprints = np.array([loc.footprint for loc in locations], dtype=object)
+    covers = {i: shapely.intersects(shape, footprints) for i, shape in shapes.items()}  # one call per item
     entries = []
-    for loc in locations:
-        cands = [i.id for i in found[loc.aoi_id] if shapes[i.id].intersects(loc.footprint)]
+    for k, loc in enumerate(locations):
+        cands = [i.id for i in found[loc.aoi_id] if covers[i.id][k]]
         entries.append({**loc.to_dict(), "candidates": cands[: cfg.max_candidates]})
     used = sorted({c for e in entries for c in e["candidates"]})
     return {
@@ -325,6 +330,7 @@ def run_tasks(
         return []
     writer = ChipWriter(Path(specs[0]["root"]), fsync=specs[0].get("fsync", True))
     enter_gdal_env()  # stays entered in this thread/worker: keeps GDAL's block cache warm across tasks
+    forget_checks()  # reused handles: files replaced since an earlier build are noticed
     results: list[dict[str, Any]] = []
     commits: list[Any] = []
 

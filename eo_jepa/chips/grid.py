@@ -10,6 +10,7 @@ The UTM zone of a chip is that of its AOI's centroid.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,12 +19,18 @@ from typing import Any
 from eo_jepa.chips.aois import Aoi
 
 
-def reproject_geometry(geom: Any, src_epsg: int, dst_epsg: int) -> Any:
-    """A shapely geometry transformed between two CRSs (x = easting/longitude first)."""
-    import shapely
+@functools.lru_cache(maxsize=32)
+def _transformer(src_epsg: int, dst_epsg: int) -> Any:
     from pyproj import Transformer
 
-    fn = Transformer.from_crs(src_epsg, dst_epsg, always_xy=True).transform
+    return Transformer.from_crs(src_epsg, dst_epsg, always_xy=True)  # ~0.2 ms to make
+
+
+def reproject_geometry(geom: Any, src_epsg: int, dst_epsg: int) -> Any:
+    """A shapely geometry (or array of them) transformed between two CRSs (x = easting/longitude first)."""
+    import shapely
+
+    fn = _transformer(src_epsg, dst_epsg).transform
     return shapely.transform(geom, lambda x, y: fn(x, y), interleaved=False)
 
 
@@ -77,7 +84,8 @@ def plan_locations(aois: Sequence[Aoi], chip_size: int, gsd_m: float) -> list[Lo
 
     A cell claimed by an earlier AOI is not repeated for a later one.
     """
-    from shapely.geometry import box
+    import numpy as np
+    import shapely
 
     span = chip_size * gsd_m
     seen: set[str] = set()
@@ -89,30 +97,31 @@ def plan_locations(aois: Sequence[Aoi], chip_size: int, gsd_m: float) -> list[Lo
         minx, miny, maxx, maxy = geom.bounds
         ix0, ix1 = math.floor(minx / span), math.ceil(maxx / span)
         iy0, iy1 = math.floor(miny / span), math.ceil(maxy / span)
-        for iy in range(iy1 - 1, iy0 - 1, -1):
-            for ix in range(ix0, ix1):
-                x0, y0 = ix * span, (iy + 1) * span
-                cell = box(x0, y0 - span, x0 + span, y0)
-                if not cell.intersection(geom).area > 0:
-                    continue
-                loc_id = f"{epsg}_{gsd_m:g}m_{chip_size}_{round(x0)}_{round(y0)}"
-                if loc_id in seen:
-                    continue
-                seen.add(loc_id)
-                out.append(
-                    Location(
-                        location_id=loc_id,
-                        aoi_id=aoi.aoi_id,
-                        split=aoi.split,
-                        label=aoi.label,
-                        start=aoi.start,
-                        end=aoi.end,
-                        epsg=epsg,
-                        x0=float(x0),
-                        y0=float(y0),
-                        gsd=float(gsd_m),
-                        size=int(chip_size),
-                        footprint=reproject_geometry(cell.segmentize(span / 8), epsg, 4326),
-                    )
+        # every cell of the AOI's bounding box at once, north to south then west to east
+        iy, ix = np.meshgrid(np.arange(iy1 - 1, iy0 - 1, -1), np.arange(ix0, ix1), indexing="ij")
+        x0s, y0s = (ix.ravel() * span).astype(float), ((iy.ravel() + 1) * span).astype(float)
+        cells = shapely.box(x0s, y0s - span, x0s + span, y0s)
+        keep = shapely.area(shapely.intersection(cells, geom)) > 0
+        footprints = reproject_geometry(shapely.segmentize(cells[keep], span / 8), epsg, 4326)
+        for x0, y0, footprint in zip(x0s[keep].tolist(), y0s[keep].tolist(), footprints, strict=True):
+            loc_id = f"{epsg}_{gsd_m:g}m_{chip_size}_{round(x0)}_{round(y0)}"
+            if loc_id in seen:
+                continue
+            seen.add(loc_id)
+            out.append(
+                Location(
+                    location_id=loc_id,
+                    aoi_id=aoi.aoi_id,
+                    split=aoi.split,
+                    label=aoi.label,
+                    start=aoi.start,
+                    end=aoi.end,
+                    epsg=epsg,
+                    x0=float(x0),
+                    y0=float(y0),
+                    gsd=float(gsd_m),
+                    size=int(chip_size),
+                    footprint=footprint,
                 )
+            )
     return out

@@ -62,6 +62,7 @@ def gdal_env(**extra: Any) -> Any:
 _HANDLES = threading.local()  # per-thread LRU of open datasets, reused across tasks
 MAX_OPEN = 256
 HANDLE_TTL_S = 600.0  # well inside a Planetary Computer SAS token's lifetime (~45 min)
+RECHECK_S = 5.0  # an open handle's age and file are checked again after this long (a stat: ~40 us)
 
 
 def _handles() -> OrderedDict[str, tuple[Any, float, tuple[int, int] | None]]:
@@ -98,6 +99,19 @@ def enter_gdal_env() -> None:
         _ENV.env = env
 
 
+def _checks() -> dict[str, float]:
+    """This thread's time (monotonic) each handle in :func:`_handles` was last checked, by href."""
+    checks = getattr(_HANDLES, "checked", None)
+    if checks is None:
+        checks = _HANDLES.checked = {}
+    return checks
+
+
+def forget_checks() -> None:
+    """Check every reused handle again on its next use (called when a batch of tasks starts)."""
+    _checks().clear()
+
+
 def _epsg_codes() -> dict[str, tuple[Any, int | None]]:
     """This thread's (transform, EPSG code) of each open dataset in :func:`_handles`, by href."""
     codes = getattr(_HANDLES, "epsg", None)
@@ -109,6 +123,7 @@ def _epsg_codes() -> dict[str, tuple[Any, int | None]]:
 def close_cached_datasets() -> None:
     """Close this thread's reusable open datasets and leave the GDAL settings entered by a build."""
     _epsg_codes().clear()
+    _checks().clear()
     cache = _handles()
     while cache:
         cache.popitem(last=False)[1][0].close()
@@ -123,14 +138,15 @@ class SourceCache:
 
     Handles are kept in a small per-thread LRU across tasks (opening a COG costs a header read, over
     HTTP a round trip), re-opened after ``HANDLE_TTL_S`` (signed URLs expire) or when a local file
-    changed. ``sign`` is applied to an href right before it is opened.
+    changed; checked on first use in a batch of tasks (:func:`forget_checks`) and every ``RECHECK_S``.
+    ``sign`` is applied to an href right before it is opened.
     """
 
     def __init__(self, sign: Callable[[str], str] | None = None) -> None:
         self._sign = sign or (lambda href: href)
         self._open = _handles()
         self._epsg = _epsg_codes()
-        self._checked: set[str] = set()
+        self._checked = _checks()
         self.failed: dict[str, str] = {}
         # (href, band indexes, resampling) -> (data (k, size, width), {location_id: first column}):
         # windows of several chips read at once by :func:`prefetch`, for this task only
@@ -153,9 +169,10 @@ class SourceCache:
         if href in self.failed:
             raise ReadError(self.failed[href])
         entry = self._open.get(href)
-        if entry is not None and href not in self._checked:
-            self._checked.add(href)
-            if time.monotonic() - entry[1] > HANDLE_TTL_S or _file_stamp(href) != entry[2]:
+        now = time.monotonic()
+        if entry is not None and now - self._checked.get(href, -RECHECK_S) >= RECHECK_S:
+            self._checked[href] = now
+            if now - entry[1] > HANDLE_TTL_S or _file_stamp(href) != entry[2]:
                 self._drop(href)
                 entry = None
         if entry is None:
@@ -167,16 +184,18 @@ class SourceCache:
                     self.failed[href] = message
                 raise ReadError(message) from None
             entry = self._open[href] = (ds, time.monotonic(), _file_stamp(href))
-            self._checked.add(href)
+            self._checked[href] = entry[1]
             while len(self._open) > MAX_OPEN:
                 old_href, old = self._open.popitem(last=False)
                 self._epsg.pop(old_href, None)
+                self._checked.pop(old_href, None)
                 old[0].close()
         self._open.move_to_end(href)
         return entry[0]
 
     def _drop(self, href: str) -> None:
         self._epsg.pop(href, None)
+        self._checked.pop(href, None)
         entry = self._open.pop(href, None)
         if entry is not None:
             entry[0].close()
@@ -200,7 +219,6 @@ class SourceCache:
 
     def close(self) -> None:
         """End of task: failed handles are gone already; good ones stay for the next task."""
-        self._checked.clear()
         self._windows.clear()
 
 
@@ -366,6 +384,14 @@ def prefetch(
         cache._windows[(href, tuple(indexes), resampling)] = (data, found)
 
 
+@functools.lru_cache(maxsize=8)
+def _cloud_lut(classes: tuple[int, ...]) -> np.ndarray:
+    """Quality-mask value -> "cloud" (the listed classes but 0, which always means no data)."""
+    lut = np.zeros(256, dtype=bool)
+    lut[[c for c in classes if 0 < c < 256]] = True
+    return lut
+
+
 @dataclass
 class ChipRead:
     """One chip read from one item."""
@@ -382,7 +408,7 @@ class ChipRead:
 
     @property
     def masked_fraction(self) -> float:
-        return 1.0 - float(self.valid.mean())
+        return 1.0 - np.count_nonzero(self.valid) / self.valid.size  # == 1 - valid.mean(), exactly
 
 
 _GROUPS: dict[tuple[str, tuple[str, ...], str], list[tuple[str, list[int], list[int]]]] = {}
@@ -475,8 +501,7 @@ def _read_chip(
             cache.fail(href, message)
             raise ReadError(message) from None
 
-    nodata = np.zeros((size, size), dtype=bool)
-    cloud = np.zeros((size, size), dtype=bool)
+    full = _all_covered(size)
     mask_key = sensor.mask_asset.get(provider)
     mask = None
     if probe is not None and probe.mask is not None:
@@ -484,31 +509,35 @@ def _read_chip(
     elif mask_key is not None:
         (scl,), covered = read(mask_key, [1], "nearest")
         # SCL class 0 is "no data" whatever mask_classes says; the other listed classes are "cloud".
-        lut = np.zeros(256, dtype=bool)
-        lut[[c for c in cfg.mask_classes if 0 < c < 256]] = True
-        mask = (~covered | (scl == 0), lut[scl])
-    if mask is not None:
-        nodata |= mask[0]
-        cloud |= mask[1]
+        no_scl = scl == 0
+        if covered is not full:
+            no_scl |= ~covered
+        mask = (no_scl, _cloud_lut(tuple(cfg.mask_classes))[scl])
+    nodata = mask[0] if mask is not None else np.zeros((size, size), dtype=bool)  # not written to
     pixels = None
     offset = 0
     if not (mask_only and mask_key is not None):
-        raw = np.zeros((len(cfg.bands), size, size), dtype=sensor.dtype)
+        raw = np.empty((len(cfg.bands), size, size), dtype=sensor.dtype)  # every band is assigned
         for key, indexes, positions in _asset_groups(sensor, cfg.bands, provider):
             data, covered = read(key, indexes, cfg.resampling)
-            raw[positions] = data
-            nodata |= ~covered
+            if len(positions) == 1:
+                raw[positions[0]] = data[0]
+            else:
+                raw[positions] = data
+            if covered is not full:
+                nodata = nodata | ~covered
         if sensor.nodata is not None:
-            nodata |= (raw == sensor.nodata).any(axis=0)
+            nodata = nodata | (raw == sensor.nodata).any(axis=0)
         if sensor.name == "sentinel-2-l2a" and cfg.harmonize and not item.offset_applied:
             offset = s2_offset_for_baseline(item.baseline)
-        if offset < 0:  # DN - |offset|, clipped at 0, without leaving the unsigned dtype
-            pixels = np.maximum(raw, -offset) - raw.dtype.type(-offset)
+        if offset < 0:  # DN - |offset|, clipped at 0, without leaving the unsigned dtype (in place)
+            pixels = np.maximum(raw, -offset, out=raw)
+            pixels -= raw.dtype.type(-offset)
         elif offset > 0:
             pixels = np.clip(raw.astype(np.int64) + offset, 0, np.iinfo(raw.dtype).max).astype(raw.dtype)
         else:
             pixels = raw
-    cloud &= ~nodata
+    cloud = mask[1] & ~nodata if mask is not None else np.zeros((size, size), dtype=bool)
     valid = ~(nodata | cloud)
     n = float(size * size)
     return ChipRead(
@@ -516,8 +545,8 @@ def _read_chip(
         datetime=item.datetime,
         pixels=pixels,
         valid=valid,
-        cloud_fraction=float(cloud.sum()) / n,
-        nodata_fraction=float(nodata.sum()) / n,
+        cloud_fraction=np.count_nonzero(cloud) / n,
+        nodata_fraction=np.count_nonzero(nodata) / n,
         hrefs=hrefs,
         offset=offset,
         mask=mask,
