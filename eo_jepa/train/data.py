@@ -37,6 +37,7 @@ from eo_jepa.train.views import MultiCropViews, new_float_tensor, stack_params
 log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".nc", ".zarr")
+PREFETCH = 2  # batches each loader worker prepares ahead
 
 
 # ---------------------------------------------------------------------------------------- sources
@@ -466,9 +467,9 @@ def make_loader(
     buffer is reused (see :class:`ViewBufferPool`); batches never released simply are not reused.
     """
     sampler = EpochBatchSampler(len(source), cfg.batch_size, rank=rank, world_size=world_size, seed=seed)
-    # Slots per producer: the batches a worker may have queued (prefetch_factor), the one in the
-    # trainer's step and the one being fetched meanwhile.
-    pool = ViewBufferPool(cfg.num_workers, slots=4)
+    # Slots per producer: a worker has at most PREFETCH batches outstanding (queued or being built),
+    # plus the one in the trainer's step until it is released.
+    pool = ViewBufferPool(cfg.num_workers, slots=PREFETCH + 1)
     dataset = ViewBatchDataset(source, views, seed=seed, multi_date=cfg.multi_date, pool=pool)
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -476,7 +477,7 @@ def make_loader(
         sampler=sampler,
         num_workers=cfg.num_workers,
         pin_memory=pin_memory,
-        prefetch_factor=2 if cfg.num_workers > 0 else None,
+        prefetch_factor=PREFETCH if cfg.num_workers > 0 else None,
         persistent_workers=False,
         worker_init_fn=_one_thread_per_worker if cfg.num_workers > 0 else None,
     )
