@@ -635,13 +635,17 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
         records.extend(part["records"])
         for k, v in part["skipped"].items():
             skipped.setdefault(k, v)
-        hist.merge(BandHistograms.from_sparse(part["stats"]))
+        hist.merge_sparse(part["stats"])
 
     frame = pd.DataFrame.from_records(records)
     frame["datetime"] = pd.to_datetime(frame["datetime"], utc=True, format="ISO8601")
     frame["label"] = frame["label"].astype("string")
     frame["reason"] = frame["reason"].astype("string")
-    index = gpd.GeoDataFrame(frame, geometry=[wkt.loads(g) for g in frame.pop("geometry")], crs="EPSG:4326")
+    shapes: dict[str, Any] = {}  # the dates of a location share its footprint: parse each once
+    for text in frame["geometry"].unique():
+        shapes[text] = wkt.loads(text)
+    geometry = [shapes[g] for g in frame.pop("geometry")]
+    index = gpd.GeoDataFrame(frame, geometry=geometry, crs="EPSG:4326")
     with atomic_open(root / INDEX_NAME, "wb") as fh:
         index.to_parquet(fh, index=False)
 

@@ -91,17 +91,22 @@ class BandHistograms:
 
     @classmethod
     def from_sparse(cls, data: dict[str, Any]) -> BandHistograms:
-        out = cls(data["bands"], data["dtype"])
-        counts = out.counts
-        for i, band in enumerate(out.bands):
+        return cls(data["bands"], data["dtype"]).merge_sparse(data)
+
+    def merge_sparse(self, data: dict[str, Any]) -> BandHistograms:
+        """Add a :meth:`to_sparse` partial (without making a dense histogram of it first)."""
+        if data["bands"] != self.bands or data["dtype"] != self.dtype:
+            raise ValueError("cannot merge histograms of different bands or dtypes")
+        counts = self.counts
+        for i, band in enumerate(self.bands):
             sparse = data["hist"][band]
             if isinstance(sparse, dict):
                 values = np.frombuffer(base64.b64decode(sparse["values"]), dtype="<u2")
                 n = np.frombuffer(base64.b64decode(sparse["counts"]), dtype="<i8")
             else:  # [values, counts] lists: partials of builds started before the base64 form
                 values, n = (np.asarray(x, dtype=np.int64) for x in sparse)
-            counts[i, values] = n
-        return out
+            counts[i, values] += n  # values are distinct within a partial
+        return self
 
     def summary(self, units: str = "") -> dict[str, Any]:
         """The ``norm_stats.json`` document."""

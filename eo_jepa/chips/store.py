@@ -223,14 +223,18 @@ class _DirectChunks:
             frame = self._all_true
         else:
             frame = self.compressor.encode(data)
-        folder = os.path.join(self.path, "c", str(row), *self.tail[:-1])
+        folder = os.path.join(self.path, "c", str(row))
+        for part in (None, *self.tail[:-1]):  # c/<row>/0/...: top down, one mkdir each
+            folder = folder if part is None else os.path.join(folder, part)
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:  # the first chunk: no c/ yet
+                os.makedirs(folder, exist_ok=True)
         target = os.path.join(folder, self.tail[-1])
         tmp = os.path.join(folder, f".{self.tail[-1]}.{os.getpid()}.{threading.get_ident()}.partial")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except FileNotFoundError:
-            os.makedirs(folder, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             try:
                 view = memoryview(frame)
