@@ -367,6 +367,33 @@ def test_corrupt_cog_is_skipped_and_reported(scenes, reference, tmp_path):
     assert not any(victim in ids for ids in new.loc[new["status"] == "ok", "item_ids"])
 
 
+def test_batched_reads_change_nothing_even_with_a_corrupt_cog(scenes, reference, tmp_path, monkeypatch):
+    """Rows of chips read in one windowed read (``prefetch``) give the same store as chip-by-chip reads,
+    also when a truncated COG makes some windows fail and others not (then chips fall back to their own
+    reads, in the same order, reporting the same errors)."""
+    from eo_jepa.chips import build as build_module
+
+    index = load_store(reference[0])["index"]
+    victim = index.loc[index["status"] == "ok", "item_ids"].map(lambda v: v[0]).value_counts().index[0]
+    cogs = tmp_path / "cogs"
+    shutil.copytree(scenes.cog_dir, cogs)
+    b04 = cogs / victim / "B04.tif"
+    b04.write_bytes(b04.read_bytes()[: b04.stat().st_size * 2 // 3])  # its first blocks still decode
+    items = tmp_path / "items.json"
+    scenes.write_items(items)
+    items.write_text(items.read_text().replace(str(scenes.cog_dir.resolve()), str(cogs)))
+    batched = build_chips(scenes.aois_path, cfg("task_size=6"), tmp_path / "batched", stac=str(items))
+    monkeypatch.setattr(build_module, "prefetch", lambda *args, **kwargs: None)
+    single = build_chips(scenes.aois_path, cfg("task_size=6"), tmp_path / "single", stac=str(items))
+    assert victim in batched.skipped_items and batched.skipped_items == single.skipped_items
+    assert_same_store(tmp_path / "batched", tmp_path / "single")
+    ok = load_store(tmp_path / "batched")["index"].query("status == 'ok'")
+    from_victim = ok["item_ids"].map(lambda v: v[0] == victim).sum()
+    assert (
+        0 < from_victim < (index.loc[index["status"] == "ok", "item_ids"].map(lambda v: v[0]) == victim).sum()
+    )
+
+
 def test_non_empty_out_needs_resume_and_same_config(scenes, reference, tmp_path):
     root, _, _ = reference
     with pytest.raises(DataError, match="already holds a chip store"):
