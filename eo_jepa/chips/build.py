@@ -9,7 +9,10 @@ its chunks. The index, stats, card and ``dataset.json`` are assembled from the p
 and written atomically at the end, so an interrupted-and-resumed build equals an uninterrupted one.
 
 Tasks run inline (``workers=1``), in a local process or thread pool, or on a Dask distributed
-cluster (``scheduler="tcp://..."`` or a ``distributed.Client``); the same plan either way.
+cluster (``scheduler="tcp://..."`` or a ``distributed.Client``); the same plan either way. A worker
+runs a batch of tasks with one chip writer thread, which writes, syncs and journals task k while task
+k+1 is read. Within a task, the windows of a row of adjacent chips are read in one windowed read
+(:func:`eo_jepa.chips.read.prefetch`; same pixels as chip-by-chip reads, far fewer GDAL calls).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from eo_jepa.chips.read import (
     ChipRead,
     ReadError,
     SourceCache,
-    _asset_groups,
+    asset_groups,
     cached_probe,
     close_cached_datasets,
     enter_gdal_env,
@@ -264,7 +267,7 @@ def _prefetch(
     """
     sensor, provider = cfg.sensor_info, cfg.stac.provider
     mask_key = sensor.mask_asset.get(provider)
-    groups = [(key, idx, cfg.resampling) for key, idx, _ in _asset_groups(sensor, cfg.bands, provider)]
+    groups = [(key, idx, cfg.resampling) for key, idx, _ in asset_groups(sensor, cfg.bands, provider)]
 
     def fetch(item_id: str, where: list[Location], assets: list[tuple[str, list[int], str]]) -> None:
         for key, indexes, resampling in assets:

@@ -6,6 +6,8 @@ only the COG tiles it touches) and let GDAL resample coarser bands to the chip g
 (bilinear or nearest, ``ChipConfig.resampling``; the SCL mask always nearest). Anything else (another
 UTM zone, unaligned grids, 60 m bands) goes through a :class:`rasterio.vrt.WarpedVRT` whose output grid
 is the chip itself, so it too reads only the source blocks under the chip. Whole scenes are never read.
+The builder first :func:`prefetch`-es a task's aligned windows a row of adjacent chips at a time (one
+GDAL call instead of one per chip; identical pixels), and ``read_chip`` slices them from there.
 """
 
 from __future__ import annotations
@@ -414,7 +416,7 @@ class ChipRead:
 _GROUPS: dict[tuple[str, tuple[str, ...], str], list[tuple[str, list[int], list[int]]]] = {}
 
 
-def _asset_groups(sensor: Sensor, bands: list[str], provider: str) -> list[tuple[str, list[int], list[int]]]:
+def asset_groups(sensor: Sensor, bands: list[str], provider: str) -> list[tuple[str, list[int], list[int]]]:
     """(asset key, 1-based band indexes inside the asset, positions in the chip) grouped by asset."""
     key = (sensor.name, tuple(bands), provider)
     if key not in _GROUPS:
@@ -518,7 +520,7 @@ def _read_chip(
     offset = 0
     if not (mask_only and mask_key is not None):
         raw = np.empty((len(cfg.bands), size, size), dtype=sensor.dtype)  # every band is assigned
-        for key, indexes, positions in _asset_groups(sensor, cfg.bands, provider):
+        for key, indexes, positions in asset_groups(sensor, cfg.bands, provider):
             data, covered = read(key, indexes, cfg.resampling)
             if len(positions) == 1:
                 raw[positions[0]] = data[0]
