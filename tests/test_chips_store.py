@@ -57,6 +57,45 @@ def test_direct_reads_equal_zarr_reads_of_chunks_zarr_wrote(tmp_path):
     assert not fast_pixels[1].any() and not fast_valid[2].any()
 
 
+def test_stores_with_nested_chunk_keys_still_use_the_direct_path(tmp_path):
+    """Stores built before the flat ``c.<row>.0.0.0`` keys use zarr's ``c/<row>/0/0/0``: still written
+    and read directly, and what is written reads back through zarr."""
+    from zarr.codecs import BloscCodec
+
+    codec = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+    group = zarr.open_group(str(tmp_path / "chips.zarr"), mode="w", zarr_format=3)
+    group.create_array(
+        "pixels", shape=(3, 4, 24, 24), chunks=(1, 4, 24, 24), dtype="uint16", compressors=codec
+    )
+    group.create_array("valid", shape=(3, 24, 24), chunks=(1, 24, 24), dtype="bool", compressors=codec)
+    writer = ChipWriter(tmp_path)
+    assert set(writer._direct) == {"pixels", "valid"}
+    ((p, v),) = _chips(1)
+    writer.write(2, p, v)
+    writer.close()
+    assert (tmp_path / "chips.zarr" / "pixels" / "c" / "2" / "0" / "0" / "0").is_file()
+    pixels, _valid = open_arrays(tmp_path)
+    fast_pixels, fast_valid = open_chunk_readers(tmp_path)
+    assert fast_pixels.direct and fast_valid.direct
+    assert (
+        np.array_equal(pixels[2], p)
+        and np.array_equal(fast_pixels[2], p)
+        and np.array_equal(fast_valid[2], v)
+    )
+    assert not fast_pixels[0].any()
+
+
+def test_new_stores_have_flat_chunk_files(tmp_path):
+    create_arrays(tmp_path, 2, 4, 24, "uint16")
+    writer = ChipWriter(tmp_path)
+    ((p, v),) = _chips(1)
+    writer.write(1, p, v)
+    writer.close()
+    files = sorted(f.name for f in (tmp_path / "chips.zarr" / "pixels").iterdir())
+    assert files == ["c.1.0.0.0", "zarr.json"]
+    assert not any(f.is_dir() for f in (tmp_path / "chips.zarr" / "valid").iterdir())
+
+
 def test_other_codecs_fall_back_to_zarr(tmp_path):
     group = zarr.open_group(str(tmp_path / "chips.zarr"), mode="w", zarr_format=3)
     group.create_array("pixels", shape=(2, 4, 24, 24), chunks=(1, 4, 24, 24), dtype="uint16")  # zstd default

@@ -49,6 +49,11 @@ def create_arrays(root: Path, n: int, channels: int, size: int, dtype: str) -> N
     # Blosc LZ4 with bit-shuffle: for uint16 reflectance ~2.6x faster to write than zarr's default
     # zstd and ~30% smaller (bit planes of neighbouring pixels compress well); reads as fast.
     codec = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+    # Flat chunk keys (``c.<row>.0.0.0``): one file per chunk and no directories. With zarr's default
+    # ``c/<row>/0/0/0`` every chip costs 5 directories besides its 2 files, and creating an inode is
+    # the costliest part of writing a small chip on some filesystems (0.1-0.6 ms each on the
+    # development VM's ext4).
+    flat = {"name": "default", "separator": "."}
     group = zarr.open_group(str(root / ZARR_NAME), mode="w", zarr_format=3)
     group.create_array(
         "pixels",
@@ -57,6 +62,7 @@ def create_arrays(root: Path, n: int, channels: int, size: int, dtype: str) -> N
         dtype=dtype,
         fill_value=0,
         compressors=codec,
+        chunk_key_encoding=flat,
         dimension_names=("chip", "band", "y", "x"),
     )
     group.create_array(
@@ -66,6 +72,7 @@ def create_arrays(root: Path, n: int, channels: int, size: int, dtype: str) -> N
         dtype="bool",
         fill_value=False,
         compressors=codec,
+        chunk_key_encoding=flat,
         dimension_names=("chip", "y", "x"),
     )
 
@@ -145,8 +152,9 @@ class ChipWriter:
     def _sync(self, rows: list[int]) -> None:
         if self.fsync and rows and not _syncfs(self.root):
             for row in rows:
-                _fsync(self.root / ZARR_NAME / "pixels" / "c" / str(row) / "0" / "0" / "0")
-                _fsync(self.root / ZARR_NAME / "valid" / "c" / str(row) / "0" / "0")
+                for name, arr in (("pixels", self.pixels), ("valid", self.valid)):
+                    key = arr.metadata.encode_chunk_key((row,) + (0,) * (arr.ndim - 1))
+                    _fsync(self.root / ZARR_NAME / name / key)
 
     def close(self) -> None:
         """Wait until every chip written is in the store, and on disk when ``fsync``."""
@@ -163,8 +171,9 @@ class ChipWriter:
 class _DirectChunks:
     """Encode/decode whole chunks of a local Zarr v3 array ourselves.
 
-    For arrays whose codecs are exactly ``bytes`` (little-endian) + ``blosc`` with the default ``c/..``
-    chunk keys (what :func:`create_arrays` makes), a chunk file is just the Blosc frame of the chunk's
+    For arrays whose codecs are exactly ``bytes`` (little-endian) + ``blosc`` with default chunk keys
+    (``c.<row>.0...`` as :func:`create_arrays` makes, or ``c/<row>/0/...`` of stores built before),
+    one chunk per chip, a chunk file is just the Blosc frame of the chunk's
     C-order bytes, which any Zarr reader decodes (Blosc frames are self-describing). Writing it
     directly (temp file + rename, as zarr does) skips zarr's per-call asyncio machinery, a third of
     the builder's time on small chips; reading it directly is ~10x cheaper than ``array[row]`` for a
@@ -172,9 +181,12 @@ class _DirectChunks:
     else falls back to zarr's own ``__setitem__`` / ``__getitem__``.
     """
 
-    def __init__(self, path: Path, compressor: Any, shape: tuple[int, ...], dtype: Any, fill: Any) -> None:
+    def __init__(
+        self, path: Path, compressor: Any, shape: tuple[int, ...], dtype: Any, fill: Any, separator: str = "."
+    ) -> None:
         self.path = path
         self.compressor = compressor
+        self.separator = separator
         self.tail = ["0"] * (len(shape) - 1)
         self.chunk_shape = tuple(shape[1:])
         self.dtype = np.dtype(dtype)
@@ -198,7 +210,7 @@ class _DirectChunks:
             or getattr(codecs[0].endian, "value", "little") != "little"
             or not isinstance(codecs[1], BloscCodec)
             or not isinstance(meta.chunk_key_encoding, DefaultChunkKeyEncoding)
-            or meta.chunk_key_encoding.separator != "/"
+            or meta.chunk_key_encoding.separator not in ("/", ".")
             or tuple(arr.chunks[1:]) != tuple(arr.shape[1:])
             or arr.chunks[0] != 1
         ):
@@ -211,7 +223,12 @@ class _DirectChunks:
             shuffle=shuffle[blosc.shuffle.value],
             blocksize=blosc.blocksize,
         )
-        return cls(path, compressor, tuple(arr.shape), arr.dtype, arr.fill_value)
+        separator = meta.chunk_key_encoding.separator
+        return cls(path, compressor, tuple(arr.shape), arr.dtype, arr.fill_value, separator)
+
+    def chunk_path(self, row: int) -> str:
+        """The file of chunk ``row`` (zarr's default chunk key with this array's separator)."""
+        return os.path.join(self.path, self.separator.join(["c", str(row), *self.tail]))
 
     def write(self, row: int, data: np.ndarray) -> None:
         """Chunk ``row`` := ``data``, atomically (temporary file, then rename). Plain ``os`` calls:
@@ -223,17 +240,14 @@ class _DirectChunks:
             frame = self._all_true
         else:
             frame = self.compressor.encode(data)
-        folder = os.path.join(self.path, "c", str(row))
-        for part in (None, *self.tail[:-1]):  # c/<row>/0/...: top down, one mkdir each
-            folder = folder if part is None else os.path.join(folder, part)
-            try:
-                os.mkdir(folder)
-            except FileExistsError:
-                pass
-            except FileNotFoundError:  # the first chunk: no c/ yet
-                os.makedirs(folder, exist_ok=True)
-        target = os.path.join(folder, self.tail[-1])
-        tmp = os.path.join(folder, f".{self.tail[-1]}.{os.getpid()}.{threading.get_ident()}.partial")
+        target = self.chunk_path(row)
+        folder, name = os.path.split(target)
+        if self.separator == "/":  # c/<row>/0/...: top down, one mkdir each
+            parts = os.path.relpath(folder, self.path).split(os.sep)
+            for i in range(1, len(parts) + 1):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(os.path.join(self.path, *parts[:i]))
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}.partial")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             try:
@@ -253,7 +267,8 @@ class _DirectChunks:
         if out is None:
             out = np.empty(self.chunk_shape, dtype=self.dtype)
         try:
-            frame = self.path.joinpath("c", str(row), *self.tail).read_bytes()
+            with open(self.chunk_path(row), "rb") as f:
+                frame = f.read()
         except FileNotFoundError:  # zarr stores no chunk that is all fill value
             out[...] = self.fill
             return out
