@@ -112,6 +112,8 @@ MAX_DATES = len(_ACQUISITIONS)
 _SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"pixels": 384, "tiles": ("32TQM",), "cell": 64, "aois_per_class": 4, "aoi_px": 24},
     "small": {"pixels": 768, "tiles": ("32TQM", "32TPM"), "cell": 64, "aois_per_class": 10, "aoi_px": 40},
+    # benchmarks: builds of a few thousand chips, so that fixed per-build costs do not hide throughput
+    "medium": {"pixels": 1536, "tiles": ("32TQM", "32TPM"), "cell": 64, "aois_per_class": 10, "aoi_px": 40},
 }
 _WARP_PX = 6  # max displacement of land-cover boundaries from the cell grid
 _SHADOW_SHIFT_PX = (-28, -22)  # clouds' shadows fall north-west (sun in the south-east at 10:30)
@@ -188,7 +190,7 @@ def make_demo_scenes(
     out_dir: str | os.PathLike[str],
     *,
     seed: int = 0,
-    size: Literal["tiny", "small"] = "small",
+    size: Literal["tiny", "small", "medium"] = "small",
     n_dates: int = 4,
     overwrite: bool = False,
 ) -> DemoScenes:
