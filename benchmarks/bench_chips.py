@@ -19,18 +19,20 @@ Each on local files and over loopback HTTP (``rangehttpserver``, GDAL ``/vsicurl
 ``--repeat`` runs. Figures: chips/s and MB/s of chip pixels produced (uint16, C x H x W).
 Targets: builder >= 70% of bare throughput; 2 workers >= 1.6x one.
 
-Default workload: 64 px chips (the demo config's size), 144 locations x 6 of 8 dates = 864 chips,
-so that a one-worker build takes seconds and fixed costs (plan, finalize, worker start-up, all
-inside the timed region) do not hide the scaling. ``--chip-size 128`` gives the earlier 216-chip
-workload (builds of about a second, dominated by those fixed costs).
+Default workload: 64 px chips (the demo config's size) from the "medium" demo scenes (2 tiles of
+1536 px, 8 dates): 576 locations x 6 of 8 dates = 3456 chips, so that a one-worker build takes
+several seconds and fixed costs (plan, finalize, worker start-up, all inside the timed region) do not
+hide throughput and scaling. ``--scenes small`` gives the earlier 864-chip workload.
 
-The builder writes two chunk files per chip in Zarr's ``c/<row>/0/...`` layout: 7 new inodes (5
-directories, 2 files) per chip, which the bare loop never pays. Where creating an inode is slow (on some
-VMs' ext4, 0.1-0.6 ms each: more than a chip's whole read) that, not the reads, bounds the builder;
-``--store-dir /dev/shm`` (tmpfs) shows the builder without it. The default writes the stores next to
-the scenes, in the benchmark's temporary folder.
+The builder writes two chunk files per chip (flat ``c.<row>.0.0.0`` keys): 2 new inodes per chip,
+which the bare loop never pays. Where creating an inode is slow (on some VMs' ext4, 0.1-0.6 ms each:
+comparable to a chip's whole read) that bounds the builder's writer thread; ``--store-dir /dev/shm``
+(tmpfs) shows the builder without it. The default writes the stores next to the scenes, in the
+benchmark's temporary folder. One worker overlaps its chunk writes with its reads on a second thread,
+so it keeps more than one core busy (printed): on a 2-core machine that caps what a second worker
+can add.
 
-    .venv/bin/python benchmarks/bench_chips.py [--chip-size 64] [--repeat 2] [--store-dir DIR]
+    .venv/bin/python benchmarks/bench_chips.py [--scenes medium] [--chip-size 64] [--repeat 2] [--store-dir DIR]
 """
 
 from __future__ import annotations
