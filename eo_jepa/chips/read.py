@@ -67,11 +67,18 @@ HANDLE_TTL_S = 600.0  # well inside a Planetary Computer SAS token's lifetime (~
 RECHECK_S = 5.0  # an open handle's age and file are checked again after this long (a stat: ~40 us)
 
 
+def _per_thread(name: str, factory: Callable[[], Any]) -> Any:
+    """This thread's ``name`` attribute of :data:`_HANDLES`, created by ``factory`` on first use."""
+    value = getattr(_HANDLES, name, None)
+    if value is None:
+        value = factory()
+        setattr(_HANDLES, name, value)
+    return value
+
+
 def _handles() -> OrderedDict[str, tuple[Any, float, tuple[int, int] | None]]:
-    cache = getattr(_HANDLES, "cache", None)
-    if cache is None:
-        cache = _HANDLES.cache = OrderedDict()
-    return cache
+    """This thread's open datasets (dataset, time opened, file stamp), least recently used first."""
+    return _per_thread("cache", OrderedDict)
 
 
 def _file_stamp(href: str) -> tuple[int, int] | None:
@@ -103,10 +110,7 @@ def enter_gdal_env() -> None:
 
 def _checks() -> dict[str, float]:
     """This thread's time (monotonic) each handle in :func:`_handles` was last checked, by href."""
-    checks = getattr(_HANDLES, "checked", None)
-    if checks is None:
-        checks = _HANDLES.checked = {}
-    return checks
+    return _per_thread("checked", dict)
 
 
 def forget_checks() -> None:
@@ -116,10 +120,7 @@ def forget_checks() -> None:
 
 def _epsg_codes() -> dict[str, tuple[Any, int | None]]:
     """This thread's (transform, EPSG code) of each open dataset in :func:`_handles`, by href."""
-    codes = getattr(_HANDLES, "epsg", None)
-    if codes is None:
-        codes = _HANDLES.epsg = {}
-    return codes
+    return _per_thread("epsg", dict)
 
 
 def close_cached_datasets() -> None:
