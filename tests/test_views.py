@@ -244,13 +244,14 @@ def test_reused_view_buffers_never_overwrite_a_batch_in_use(workers):
     for n, batch in enumerate(loader):
         ref = plain[(1, tuple(batch["indices"].tolist()))]
         assert torch.equal(batch["globals"], ref["globals"]) and torch.equal(batch["locals"], ref["locals"])
-        keys.append(tuple(batch["buffer"]) if "buffer" in batch else None)
+        keys.append(tuple(batch["buffer"])[2:] if "buffer" in batch else None)  # (worker row, slot)
         if n % 6 == 0:  # keep a copy to compare with later, and the batch itself unreleased
             held.append((batch, batch["globals"].clone(), batch["locals"].clone()))
         else:
             loader.dataset.release(batch)
-    assert len(keys) == 24 and all(k is not None for k in keys[:2])
-    assert len(set(keys) - {None}) < len(keys)  # buffers were reused ...
+    pooled = [k for k in keys if k is not None]
+    assert len(keys) == 24 and len(pooled) >= 12
+    assert len(set(pooled)) < len(pooled)  # slots were reused ...
     for batch, glob, loc in held:  # ... but never one still in use
         assert torch.equal(batch["globals"], glob) and torch.equal(batch["locals"], loc)
 

@@ -310,9 +310,11 @@ class ViewBufferPool:
     after its backward pass). A batch that is never released keeps its slot, so nothing is ever
     overwritten while in use; when no slot is free the batch gets fresh memory, as without a pool.
 
-    The slot states live in a small shared tensor: 0 = free, else the pid of the process whose
-    buffer holds a batch still in use. Only producers set a slot busy and only :meth:`release`
-    frees it, so a stale read can only make a producer allocate afresh. The consumer keeps the
+    The slot states live in a small shared tensor: 0 = free, else a random token naming the batch
+    that holds the slot (the batch carries it in its ``buffer`` key). Only producers set a slot busy
+    and only :meth:`release` of that very batch frees it, so a stale read can only make a producer
+    allocate afresh, and releasing an old batch (of a worker that has since been replaced) never
+    frees a slot that a newer batch holds. The consumer keeps the
     tensors of released batches referenced: the next batch in the same shared buffer then reuses
     the existing mapping instead of mapping (and faulting) it again.
     """
@@ -328,7 +330,7 @@ class ViewBufferPool:
 
     def acquire(
         self, shapes: Sequence[tuple[int, ...]], shared: bool
-    ) -> tuple[tuple[int, int, int] | None, list[torch.Tensor] | None]:
+    ) -> tuple[tuple[int, int, int, int] | None, list[torch.Tensor] | None]:
         """A free slot's ``(key, tensors of shapes)``, or ``(None, None)`` when every slot is busy."""
         pid = os.getpid()
         if pid != self._owner:  # forked worker: the parent's buffers are not ours
@@ -341,8 +343,9 @@ class ViewBufferPool:
             bufs = self._buffers.get(slot)
             if bufs is None or [tuple(t.shape) for t in bufs] != [tuple(s) for s in shapes]:
                 bufs = self._buffers[slot] = [new_float_tensor(tuple(s), shared) for s in shapes]
-            self.state[row, slot] = pid
-            return (pid, row, slot), bufs
+            token = int.from_bytes(os.urandom(7), "little") | 1  # nonzero, fits int64
+            self.state[row, slot] = token
+            return (pid, token, row, slot), bufs
         return None, None
 
     def release(self, batch: Mapping[str, Any]) -> None:
@@ -350,8 +353,8 @@ class ViewBufferPool:
         key = batch.get("buffer")
         if key is None:
             return
-        pid, row, slot = (int(k) for k in key)
-        if int(self.state[row, slot]) == pid:
+        pid, token, row, slot = (int(k) for k in key)
+        if int(self.state[row, slot]) == token:
             self.state[row, slot] = 0
         if pid != os.getpid():
             self._kept[(row, slot)] = [
