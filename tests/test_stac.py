@@ -143,20 +143,24 @@ def test_missing_static_source_is_clear(tmp_path):
 # --------------------------------------------------------------------------- faults
 
 
+def _one_day_search(url: str, collection: str = "c", **kwargs):
+    """The same small query (a 1-degree box, one day) against ``url``, for the fault tests."""
+    return search_items(
+        url,
+        collection=collection,
+        intersects=mapping(box(0, 0, 1, 1)),
+        start="2023-01-01",
+        end="2023-01-02",
+        **kwargs,
+    )
+
+
 def test_server_error_is_retried_then_clear(scenes):
     server = _Server(lambda path: (500, {"detail": "boom"}))
     try:
         t0 = time.perf_counter()
         with pytest.raises(StacError, match=r"STAC API http://127\.0\.0\.1:\d+ is unreachable or failed"):
-            search_items(
-                server.url,
-                collection="x",
-                intersects=mapping(box(0, 0, 1, 1)),
-                start="2023-01-01",
-                end="2023-01-02",
-                retries=2,
-                backoff_s=0.05,
-            )
+            _one_day_search(server.url, collection="x", retries=2, backoff_s=0.05)
         assert server.hits == 3  # first try + 2 retries
         assert time.perf_counter() - t0 < 10
     finally:
@@ -178,15 +182,7 @@ def test_search_500_after_landing_page_is_clear():
     server = _Server(respond)
     try:
         with pytest.raises(StacError, match="failed") as err:
-            search_items(
-                server.url,
-                collection="c",
-                intersects=mapping(box(0, 0, 1, 1)),
-                start="2023-01-01",
-                end="2023-01-02",
-                retries=1,
-                backoff_s=0.01,
-            )
+            _one_day_search(server.url, retries=1, backoff_s=0.01)
         assert "retry" in str(err.value) or "up" in str(err.value)
         assert server.hits == 1 + 2  # landing page + search tried twice
     finally:
@@ -198,15 +194,7 @@ def test_server_down_is_clear():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed when the block ends: nothing listens there
     with pytest.raises(StacError, match="unreachable"):
-        search_items(
-            f"http://127.0.0.1:{port}",
-            collection="c",
-            intersects=mapping(box(0, 0, 1, 1)),
-            start="2023-01-01",
-            end="2023-01-02",
-            retries=1,
-            backoff_s=0.01,
-        )
+        _one_day_search(f"http://127.0.0.1:{port}", retries=1, backoff_s=0.01)
 
 
 # --------------------------------------------------------------------------- signing
@@ -303,14 +291,7 @@ def test_api_without_item_search_is_clear():
     server = _Server(lambda path: (200, landing))
     try:
         with pytest.raises(StacError, match="failed") as err:
-            search_items(
-                server.url,
-                collection="c",
-                intersects=mapping(box(0, 0, 1, 1)),
-                start="2023-01-01",
-                end="2023-01-02",
-                retries=0,
-            )
+            _one_day_search(server.url, retries=0)
         assert "\n" not in str(err.value)
     finally:
         server.close()
