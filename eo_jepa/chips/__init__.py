@@ -7,7 +7,9 @@ Public API (imported lazily so ``eo-jepa --help`` stays fast)::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from eo_jepa.utils.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from eo_jepa.chips.aois import Aoi, load_aois
@@ -38,9 +40,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'eo_jepa.chips' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -6,8 +6,7 @@ the CLI's ``--help`` stay fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from eo_jepa.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "Encoder": "eo_jepa.models.encoder",
@@ -31,7 +30,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'eo_jepa.models' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -9,8 +9,7 @@ Heavy modules (torch, timm) load on first use of an attribute.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from eo_jepa.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "eo_jepa.train.config",
@@ -25,7 +24,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'eo_jepa.train' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
