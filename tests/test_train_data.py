@@ -125,3 +125,27 @@ def test_training_on_a_raster_folder(tmp_path):
         "mean": 2500.0,
         "std": 1400.0,
     }
+
+
+@pytest.mark.parametrize("bands", [None, ["nir", "red"]])
+def test_chip_store_batch_reads_equal_chip_reads(tmp_path, bands):
+    """The loader's batched read (native dtype, chunks decoded into one array) gives the chips, bands
+    and masks that zarr reads, and that chip-by-chip reads give, for all bands and a reordered subset."""
+    from train_data import BANDS, make_chip_store
+
+    from eo_jepa.chips import ChipDataset
+    from eo_jepa.chips.store import open_arrays
+
+    root = make_chip_store(tmp_path / "s", n_locations=6, size=16)
+    ds = ChipDataset(root, bands=bands)
+    zpixels, zvalid = open_arrays(root)
+    channels = [BANDS.index(b) for b in ds.bands]
+    idx = [5, 0, 7, 7, 2]
+    px, va = ds.read_pixels(idx)
+    assert px.dtype == np.uint16 and px.shape == (5, len(ds.bands), 16, 16)
+    for k, i in enumerate(idx):
+        row = int(ds.index.at[i, "row"])
+        assert np.array_equal(px[k], np.asarray(zpixels[row])[channels])
+        assert np.array_equal(va[k], np.asarray(zvalid[row]))
+        assert np.array_equal(px[k].astype(np.float32), ds[i]["pixels"])
+    assert not va.all()  # the store has masked pixels: masks really are compared

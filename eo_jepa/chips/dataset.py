@@ -46,7 +46,9 @@ class ChipDataset(_Base):  # type: ignore[misc,valid-type]
                     f"Bands {missing} are not in the chip store {str(self.root)!r}, which has {store_bands}."
                 )
             self.bands = tuple(bands)
-        self._channels = [store_bands.index(b) for b in self.bands]
+        channels = [store_bands.index(b) for b in self.bands]
+        # None when every stored band is kept in stored order: chunks are then used as decoded
+        self._channels = None if channels == list(range(len(store_bands))) else channels
         stats = json.loads((self.root / STATS_NAME).read_text())
         self.norm_stats: dict[str, dict[str, Any]] = {b: stats["bands"][b] for b in self.bands}
         index = gpd.read_parquet(self.root / INDEX_NAME)
@@ -81,7 +83,7 @@ class ChipDataset(_Base):  # type: ignore[misc,valid-type]
         pixels, valid = self._open()
         row = int(self._rows[i])
         data = pixels.read(row)
-        if self._channels != list(range(data.shape[0])):
+        if self._channels is not None:
             data = data[self._channels]
         return {
             "pixels": data.astype(np.float32),
@@ -103,10 +105,12 @@ class ChipDataset(_Base):  # type: ignore[misc,valid-type]
         first = pixels.read(rows[0])
         px = np.empty((len(rows), len(self.bands), *first.shape[1:]), dtype=first.dtype)
         va = np.empty((len(rows), *first.shape[1:]), dtype=bool)
-        whole = self._channels == list(range(first.shape[0]))
         for k, row in enumerate(rows):
-            if whole:
-                px[k] = first if k == 0 else pixels.read(row, px[k])
+            if self._channels is None:  # decode straight into the batch
+                if k == 0:
+                    px[0] = first
+                else:
+                    pixels.read(row, px[k])
             else:
                 px[k] = (first if k == 0 else pixels.read(row))[self._channels]
             valid.read(row, va[k])
