@@ -195,13 +195,17 @@ class MultiCropViews:
             solarize=solarize,
         )
 
+    def _groups(self) -> list[tuple[slice, int]]:
+        """(views, output size) of each view group: the globals, then the locals if any."""
+        cfg = self.cfg
+        groups = [(slice(0, cfg.num_global), cfg.global_size)]
+        if cfg.num_local:
+            groups.append((slice(cfg.num_global, cfg.num_global + cfg.num_local), cfg.local_size))
+        return groups
+
     def output_shapes(self, batch: int, channels: int) -> list[tuple[int, ...]]:
         """Shapes of :meth:`apply`'s outputs for ``batch`` chips of ``channels`` bands (locals only if any)."""
-        cfg = self.cfg
-        shapes = [(cfg.num_global, batch, channels, cfg.global_size, cfg.global_size)]
-        if cfg.num_local:
-            shapes.append((cfg.num_local, batch, channels, cfg.local_size, cfg.local_size))
-        return shapes
+        return [(v.stop - v.start, batch, channels, size, size) for v, size in self._groups()]
 
     # ------------------------------------------------------------------ application
     def fill_invalid(self, pixels: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -256,10 +260,7 @@ class MultiCropViews:
             pixels = pixels.unsqueeze(1)
             valid = valid.unsqueeze(1) if valid is not None else None
         b, _, c = pixels.shape[:3]
-        cfg = self.cfg
-        groups = [(slice(0, cfg.num_global), cfg.global_size)]
-        if cfg.num_local:
-            groups.append((slice(cfg.num_global, cfg.num_global + cfg.num_local), cfg.local_size))
+        groups = self._groups()
         shapes = self.output_shapes(b, c)
         if out is not None:
             outs = list(out)[: len(groups)]
@@ -278,7 +279,7 @@ class MultiCropViews:
             px = self.fill_invalid(pixels[chunk], valid[chunk] if valid is not None else None)
             for out, (views, size) in zip(outs, groups, strict=True):
                 self._group(px, {k: v[views, chunk] for k, v in params.items()}, size, out[:, chunk])
-        return outs[0], outs[1] if cfg.num_local else None
+        return outs[0], outs[1] if len(outs) > 1 else None
 
     def _group(
         self, pixels: torch.Tensor, p: Mapping[str, np.ndarray], size: int, dest: torch.Tensor
@@ -519,6 +520,6 @@ def _blur_same_radius(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     y = y.contiguous(memory_format=torch.channels_last)
     y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
     y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
-    # Channels-last strides are returned as they are: the caller's index_copy_ reads them directly,
+    # Channels-last strides are returned as they are: the caller's index_put_ reads them directly,
     # cheaper than a separate .contiguous() pass (same values).
     return y.view(n, c, h, w)
