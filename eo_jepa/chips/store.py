@@ -96,7 +96,7 @@ def _layout(root: Path) -> tuple[dict[str, Any], dict[str, _DirectChunks]]:
         return hit[1], hit[2]
     group = zarr.open_group(str(arrays), mode="r+")
     zarrs = {name: group[name] for name in ("pixels", "valid")}
-    direct = {name: d for name, arr in zarrs.items() if (d := _DirectChunks.of(arr, arrays / name))}
+    direct = _direct_chunks(root, zarrs)
     _LAYOUTS[str(root)] = (stamp, zarrs, direct)
     return zarrs, direct
 
@@ -283,11 +283,13 @@ def open_chunk_readers(root: Path) -> tuple[ChunkReader, ChunkReader]:
     :func:`create_arrays` made), otherwise through the Zarr array.
     """
     pixels, valid = open_arrays(root)
-    out = []
-    for name, arr in (("pixels", pixels), ("valid", valid)):
-        direct = _DirectChunks.of(arr, Path(root) / ZARR_NAME / name)
-        out.append(ChunkReader(direct if direct is not None else arr))
-    return out[0], out[1]
+    direct = _direct_chunks(Path(root), {"pixels": pixels, "valid": valid})
+    return ChunkReader(direct.get("pixels", pixels)), ChunkReader(direct.get("valid", valid))
+
+
+def _direct_chunks(root: Path, arrays: dict[str, Any]) -> dict[str, _DirectChunks]:
+    """{name: _DirectChunks} for those of a store's zarr ``arrays`` whose chunks we can handle directly."""
+    return {name: d for name, arr in arrays.items() if (d := _DirectChunks.of(arr, root / ZARR_NAME / name))}
 
 
 class ChunkReader:
