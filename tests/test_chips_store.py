@@ -8,6 +8,7 @@ import zarr
 
 from eo_jepa.chips import store
 from eo_jepa.chips.store import ChipWriter, create_arrays, open_arrays, open_chunk_readers
+from eo_jepa.errors import DataError
 
 
 def _chips(n: int, c: int = 4, size: int = 24):
@@ -83,6 +84,24 @@ def test_stores_with_nested_chunk_keys_still_use_the_direct_path(tmp_path):
         and np.array_equal(fast_valid[2], v)
     )
     assert not fast_pixels[0].any()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda b: b[:40], lambda b: b[:10], lambda b: b[:16] + bytes(len(b) - 16), lambda b: b"x" * len(b)],
+)
+def test_a_corrupt_chunk_file_is_one_clear_error(tmp_path, damage):
+    create_arrays(tmp_path, 2, 4, 24, "uint16")
+    writer = ChipWriter(tmp_path)
+    for row, (p, v) in enumerate(_chips(2)):
+        writer.write(row, p, v)
+    writer.close()
+    chunk = tmp_path / "chips.zarr" / "pixels" / "c.1.0.0.0"
+    chunk.write_bytes(damage(chunk.read_bytes()))  # truncated or overwritten, as by a full disk or a bad copy
+    pixels, _ = open_chunk_readers(tmp_path)
+    assert pixels[0].shape == (4, 24, 24)  # the other chips still read
+    with pytest.raises(DataError, match=r"c\.1\.0\.0\.0 is corrupt .*rebuild the chip store"):
+        pixels[1]
 
 
 def test_new_stores_have_flat_chunk_files(tmp_path):

@@ -266,13 +266,31 @@ class _DirectChunks:
         """Chunk ``row`` as an array of the chunk's shape (the fill value where none was written)."""
         if out is None:
             out = np.empty(self.chunk_shape, dtype=self.dtype)
+        path = self.chunk_path(row)
         try:
-            with open(self.chunk_path(row), "rb") as f:
+            with open(path, "rb") as f:
                 frame = f.read()
         except FileNotFoundError:  # zarr stores no chunk that is all fill value
             out[...] = self.fill
             return out
-        self.compressor.decode(frame, out=out)
+        # A Blosc frame's 16-byte header holds its decoded and its own size (little-endian uint32 at
+        # bytes 4 and 12): check both first, as Blosc does not notice every truncated frame.
+        problem = None
+        if len(frame) < 16:
+            problem = f"{len(frame)} bytes"
+        else:
+            nbytes, cbytes = int.from_bytes(frame[4:8], "little"), int.from_bytes(frame[12:16], "little")
+            if cbytes != len(frame) or nbytes != out.nbytes:
+                problem = f"{len(frame)} of {cbytes} bytes, decoding to {nbytes} of {out.nbytes}"
+        if problem is None:
+            try:
+                self.compressor.decode(frame, out=out)
+            except (RuntimeError, ValueError) as exc:
+                problem = str(exc)
+        if problem is not None:
+            raise DataError(
+                f"Chip chunk {path} is corrupt ({problem}); rebuild the chip store (`eo-jepa chips build ...`)."
+            )
         return out
 
 
