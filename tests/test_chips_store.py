@@ -88,9 +88,12 @@ def test_stores_with_nested_chunk_keys_still_use_the_direct_path(tmp_path):
 
 @pytest.mark.parametrize(
     "damage",
-    [lambda b: b[:40], lambda b: b[:10], lambda b: b[:16] + bytes(len(b) - 16), lambda b: b"x" * len(b)],
+    [lambda b: b[:40], lambda b: b[:10], lambda b: b"x" * len(b)],
+    ids=["truncated", "stub", "garbage"],
 )
 def test_a_corrupt_chunk_file_is_one_clear_error(tmp_path, damage):
+    """Truncated or overwritten chunk files fail with one sentence naming the file. (Blosc frames carry
+    no checksum, so a payload zeroed behind an intact header cannot be noticed.)"""
     create_arrays(tmp_path, 2, 4, 24, "uint16")
     writer = ChipWriter(tmp_path)
     for row, (p, v) in enumerate(_chips(2)):
