@@ -158,6 +158,32 @@ def test_blur_matches_scipy():
     np.testing.assert_allclose(raw, ref, rtol=1e-4, atol=0.05)
 
 
+def test_blur_of_many_views_matches_scipy_per_view():
+    """Views of several radii packed together (and a radius clipped to a small view) are each blurred
+    with their own sigma, as scipy blurs each alone; views not flagged are untouched."""
+    rng = np.random.default_rng(8)
+    x = torch.from_numpy(rng.uniform(-3, 3, (3, 4, 2, 12, 12)).astype(np.float32))  # (nv, nb, C, S, S)
+    flags = rng.random(12) < 0.6
+    flags[:2] = True
+    sigma = rng.uniform(0.1, 2.0, 12).astype(np.float32)
+    sigma[1] = 5.0  # radius 15, clipped to 11 (reflect padding needs a radius below the size)
+    before = x.clone()
+    MultiCropViews._blur(x, {"blur": flags, "sigma": sigma})
+    for k in range(12):
+        v, b = divmod(k, 4)
+        if not flags[k]:
+            assert torch.equal(x[v, b], before[v, b])
+            continue
+        radius = min(int(np.ceil(3 * sigma[k])), 11)
+        ref = ndimage.gaussian_filter(
+            before[v, b].double().numpy(),
+            sigma=(0, sigma[k], sigma[k]),
+            mode="mirror",
+            truncate=radius / sigma[k],
+        )
+        np.testing.assert_allclose(x[v, b].numpy(), ref, atol=1e-5)
+
+
 def test_rgb_hue_shift_matches_colorsys():
     stats = {b: {"mean": 0.0, "std": 1.0} for b in ("red", "green", "blue")}
     cfg = _plain_cfg(global_size=8, value_scale=1.0)
