@@ -70,6 +70,19 @@ def test_full_box_is_the_normalised_chip_and_invalid_pixels_become_zero():
     assert (glob[0, 0][:, ~torch.from_numpy(valid)] == 0).all()
 
 
+def test_fill_puts_the_band_mean_exactly_where_each_date_is_masked():
+    """Several chips and dates, each with its own mask (and one date of one chip with none): masked
+    pixels hold the band mean in every band, all others the input converted to float32."""
+    views = MultiCropViews(_plain_cfg(global_size=8), BANDS, STATS)
+    rng = np.random.default_rng(9)
+    px = rng.integers(0, 4000, (3, 2, 5, 8, 8)).astype(np.uint16)
+    valid = rng.random((3, 2, 8, 8)) > 0.3
+    valid[1, 0] = True
+    got = views.fill_invalid(torch.from_numpy(px), torch.from_numpy(valid)).numpy()
+    expected = np.where(valid[:, :, None], px.astype(np.float32), MEAN.astype(np.float32)[None, None])
+    np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.uint16, torch.float32, torch.float64])
 def test_any_input_dtype_gives_the_same_views_and_nan_is_invalid(dtype):
     views = MultiCropViews(_plain_cfg(global_size=16), BANDS, STATS)
