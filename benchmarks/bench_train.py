@@ -114,7 +114,7 @@ def bench_step(device: torch.device, batch: int, repeats: int, slices: int) -> d
     # percent over minutes, the difference of two ~10 s steps is mostly drift, so the share is taken
     # from the objective timed alone (milliseconds, best of many); the steps' own back-to-back
     # ratio (median over repeats) is reported alongside.
-    paired = sorted(1 - e / j for e, j in zip(times["encoder"], times["lejepa"], strict=True))
+    paired = [1 - e / j for e, j in zip(times["encoder"], times["lejepa"], strict=True)]
     return {
         "encoder_s": t_enc,
         "lejepa_s": t_lej,
