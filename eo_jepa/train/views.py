@@ -251,7 +251,7 @@ class MultiCropViews:
 
         Args:
             pixels: (B, T, C, H, W) or (B, C, H, W) raw sensor units (T dates per chip), any
-                real dtype (integer chips are converted to float32 here, in the same pass as the fill).
+                real dtype (integer chips are converted to float32 here, a few chips at a time).
             valid: (B, T, H, W) / (B, H, W) bool, True where valid; or None.
             params: :func:`stack_params` of one :class:`ViewParams` per chip.
             shared: allocate the outputs in shared memory (inside a DataLoader worker, so that
@@ -386,12 +386,14 @@ class MultiCropViews:
             return
         sigma = np.asarray(p["sigma"], dtype=np.float32)
         radius = np.minimum(np.ceil(3 * sigma).astype(np.int64), min(x.shape[-2:]) - 1)
+        h, w = x.shape[-2:]
         for r in np.unique(radius[flags]).tolist():
-            sel = np.flatnonzero(flags & (radius == r))
-            views, chips = np.divmod(sel, nb)
-            n, h, w = len(sel), x.shape[-2], x.shape[-1]
+            sel = flags & (radius == r)
+            views, chips = _views_of(sel, nb)
+            packed = list(enumerate(zip(views.tolist(), chips.tolist(), strict=True)))
+            n = len(packed)
             buf = torch.empty((1, h + 2 * r, w + 2 * r, n * c)).permute(0, 3, 1, 2)  # channels-last
-            for k, (v, b) in enumerate(zip(views.tolist(), chips.tolist(), strict=True)):
+            for k, (v, b) in packed:
                 buf[0, k * c : (k + 1) * c, r : r + h, r : r + w].copy_(x[v, b])
             _reflect_borders(buf, r)
             offs = torch.arange(-r, r + 1, dtype=torch.float32)
@@ -399,7 +401,7 @@ class MultiCropViews:
             kern = (kern / kern.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (n*C, K)
             y = F.conv2d(buf, kern.view(n * c, 1, 1, -1), groups=n * c)
             y = F.conv2d(y, kern.view(n * c, 1, -1, 1), groups=n * c)
-            for k, (v, b) in enumerate(zip(views.tolist(), chips.tolist(), strict=True)):
+            for k, (v, b) in packed:
                 x[v, b].copy_(y[0, k * c : (k + 1) * c])
 
 
