@@ -98,7 +98,7 @@ class ChipDataset(_Base):  # type: ignore[misc,valid-type]
         """Raw pixels (n, C, H, W) in the store's dtype and valid masks (n, H, W) of several chips.
 
         The training loader's batch path: chunks are decoded straight into one array, with no
-        per-chip float conversion (the views convert once, in the same pass as the nodata fill).
+        per-chip float conversion (the views convert the batch once, a few chips at a time).
         """
         pixels, valid = self._open()
         rows = [int(self._rows[i]) for i in indices]
