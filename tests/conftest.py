@@ -6,10 +6,24 @@ import os
 
 import pytest
 
-# Nothing in the tests may reach the internet: huggingface_hub must stay offline.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Nothing in the tests may reach the internet: huggingface_hub must stay offline, whatever the
+# developer's environment says (setdefault would let HF_HUB_OFFLINE=0 through).
+os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("EO_JEPA_NO_PROGRESS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module of small-tensor tests: on a shared 2-core machine small
+    models gain nothing from threads and OpenMP spin-waits badly. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

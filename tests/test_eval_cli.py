@@ -19,6 +19,8 @@ from typer.testing import CliRunner
 from eo_jepa.cli import app, main
 from eo_jepa.eval.datasets import open_labelled, stratified_split
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 runner = CliRunner()
 
 
@@ -57,13 +59,6 @@ def train_tiny_encoder(out_dir, steps: int = 8, seed: int = 0, batch: int = 16):
     return save_encoder(enc, out_dir, provenance={"run": "test_eval_cli"})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models on a shared 2-core machine: one intra-op thread is faster than fighting for two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,9 @@ import torch
 
 from eo_jepa.ssl import EmbeddingError, LeJEPALoss, LeJEPAOutput, Projector, SIGReg, effective_rank
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
 
 
 def _views(vg=2, vl=4, b=64, p=32, seed=0):

@@ -12,14 +12,9 @@ from eo_jepa.errors import EOJepaError
 from eo_jepa.ssl import SIGReg, expected_gaussian_value, quadrature, random_directions, scale_grad
 from eo_jepa.ssl.sigreg import EmbeddingError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors gain nothing from threads, and OpenMP spin-waits badly on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
 
 
 def numpy_sigreg(z: np.ndarray, a: np.ndarray, num_knots: int = 17, t_max: float = 3.0):
