@@ -113,7 +113,11 @@ def _search(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, list
     client = None
     if is_api_url(source):
         client = open_client(
-            source, timeout_s=cfg.stac.timeout_s, retries=cfg.stac.retries, backoff_s=cfg.stac.backoff_s
+            source,
+            timeout_s=cfg.stac.timeout_s,
+            retries=cfg.stac.retries,
+            backoff_s=cfg.stac.backoff_s,
+            max_retry_after_s=cfg.stac.max_retry_after_s,
         )
     out = {}
     for aoi in aois:

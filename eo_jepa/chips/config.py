@@ -31,9 +31,11 @@ class StacConfig:
     max_cloud_cover: float | None = 60.0  # scene-level eo:cloud_cover limit (percent), sent as `query`
     page_size: int = 100  # items per page (the API pages with `next` links)
     max_items_per_aoi: int | None = 500
-    timeout_s: float = 30.0  # per HTTP request
-    retries: int = 4  # on connection errors and 5xx/429 answers, with exponential back-off
+    # Bound on each HTTP attempt, all of it (connect, headers, body): STAC requests and COG reads.
+    timeout_s: float = 30.0
+    retries: int = 4  # on connection errors, timeouts and 5xx/429 answers, with exponential back-off
     backoff_s: float = 0.5
+    max_retry_after_s: float = 60.0  # cap on a server's Retry-After wait (STAC requests)
     # "auto": sign *.blob.core.windows.net hrefs (Planetary Computer) just before reading them.
     sign: Literal["auto", "never"] = "auto"
     sign_timeout_s: float = 10.0  # bound on the SAS-token request
