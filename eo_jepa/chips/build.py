@@ -42,6 +42,8 @@ from eo_jepa.chips.read import (
     close_cached_datasets,
     enter_gdal_env,
     forget_checks,
+    host_of,
+    http_options,
     prefetch,
     read_chip,
 )
@@ -65,6 +67,7 @@ log = logging.getLogger(__name__)
 
 PLAN_NAME = "plan.json"
 PARTIALS = "partials"
+TRANSIENT = "transient"  # index status of a chip whose scenes could not be read right now (network)
 
 
 @dataclass
@@ -79,6 +82,8 @@ class BuildReport:
     seconds: float
     skipped_items: dict[str, str] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
+    transient: int = 0  # chips not built because their scenes could not be read right now (network)
+    transient_hosts: dict[str, str] = field(default_factory=dict)  # host -> first error
 
     @property
     def chips_per_s(self) -> float:
@@ -91,6 +96,12 @@ class BuildReport:
         )
         if self.skipped_items:
             text += f"; {len(self.skipped_items)} unreadable item(s) skipped: {', '.join(sorted(self.skipped_items))}"
+        if self.transient:
+            text += (
+                f"; {self.transient} chip(s) failed transiently (could not be read from "
+                f"{', '.join(sorted(self.transient_hosts))} right now) and were not built: rerun with --resume "
+                "to retry them"
+            )
         return text
 
 
@@ -198,6 +209,11 @@ def _journal_path(root: Path, task_id: int) -> Path:
     return root / BUILD_DIR / PARTIALS / f"task-{task_id:06d}.json"
 
 
+def _retry_path(root: Path, task_id: int) -> Path:
+    """Journal of a task that finished with chips that failed transiently (not done: rerun on resume)."""
+    return root / BUILD_DIR / PARTIALS / f"task-{task_id:06d}.retry.json"
+
+
 # --------------------------------------------------------------------------- one task (runs anywhere)
 
 
@@ -225,13 +241,19 @@ def _choose(
     cache: SourceCache,
     skipped: dict[str, str],
     probes: dict[tuple[str, str], ChipRead],
+    transient: dict[str, str],
 ) -> list[ChipRead]:
     """The clearest ``dates_per_location`` scenes: score each candidate by its mask, then read bands.
 
     ``probes``: mask-only reads :func:`_prefetch` already made from prefetched windows, by (location
     id, item id); each equals what ``read_chip`` would return here, so it is used instead unless one of
     its assets failed meanwhile (then ``read_chip`` raises the same error it always did).
+    Items that failed to read go to ``skipped`` (bad data) or ``transient`` (unreadable right now).
     """
+
+    def failed(item_id: str, exc: ReadError) -> None:
+        (transient if exc.transient else skipped).setdefault(item_id, str(exc))
+
     scored = []
     for item_id in candidates:
         item = items[item_id]
@@ -240,7 +262,7 @@ def _choose(
             if probe is None or any(h in cache.failed for h in probe.hrefs):
                 probe = read_chip(item, loc, cfg, cache, mask_only=True)
         except ReadError as exc:
-            skipped.setdefault(item_id, str(exc))
+            failed(item_id, exc)
             continue
         scored.append((_score_key(cfg, item, probe), probe))
     scored.sort(key=lambda s: s[0])
@@ -254,7 +276,7 @@ def _choose(
         try:
             chosen.append(read_chip(items[key[-1]], loc, cfg, cache, probe=probe))
         except ReadError as exc:
-            skipped.setdefault(key[-1], str(exc))
+            failed(key[-1], exc)
     return chosen
 
 
@@ -336,7 +358,9 @@ def run_tasks(
     if not specs:
         return []
     writer = ChipWriter(Path(specs[0]["root"]), fsync=specs[0].get("fsync", True))
-    enter_gdal_env()  # stays entered in this thread/worker: keeps GDAL's block cache warm across tasks
+    stac = specs[0]["config"]["stac"]
+    # stays entered in this thread/worker: keeps GDAL's block cache warm across tasks
+    enter_gdal_env(http_options(stac["timeout_s"], stac["retries"], stac["backoff_s"]))
     forget_checks()  # reused handles: files replaced since an earlier build are noticed
     results: list[dict[str, Any]] = []
     commits: list[Any] = []
@@ -362,15 +386,33 @@ def run_tasks(
 
 
 def _write_journal(root: Path, journal: dict[str, Any]) -> dict[str, Any]:
-    """The task's journal entry (its chunks are durable already); the task's result for the driver."""
-    atomic_write_json(_journal_path(root, journal["task_id"]), journal, indent=None)
+    """The task's journal entry (its chunks are durable already); the task's result for the driver.
+
+    A task with chips that failed transiently is journalled as ``task-N.retry.json``: finalize uses
+    it (those chips count as failed transiently), but it is not "done", so ``--resume`` runs it again.
+    """
+    task_id = journal["task_id"]
+    done, retry = _journal_path(root, task_id), _retry_path(root, task_id)
+    if journal["transient"]:
+        atomic_write_json(retry, journal, indent=None)
+    else:
+        atomic_write_json(done, journal, indent=None)
+        retry.unlink(missing_ok=True)
     records = journal["records"]
     return {
-        "task_id": journal["task_id"],
+        "task_id": task_id,
         "chips": len(records),
         "ok": sum(r["status"] == "ok" for r in records),
         "skipped": journal["skipped"],
+        "transient": sum(r["status"] == TRANSIENT for r in records),
+        "transient_hosts": {_host_or_file(m): m for m in journal["transient"].values()},
     }
+
+
+def _host_or_file(message: str) -> str:
+    """The host named by a read error ("cannot open/read HREF: why"), or "local files"."""
+    href = message.split(" ", 2)[-1].split(": ", 1)[0] if message.startswith("cannot ") else ""
+    return host_of(href) or "local files"
 
 
 def _build_task(spec: dict[str, Any], writer: ChipWriter) -> dict[str, Any]:
@@ -380,6 +422,7 @@ def _build_task(spec: dict[str, Any], writer: ChipWriter) -> dict[str, Any]:
     hist = BandHistograms(cfg.band_names, cfg.sensor_info.dtype)
     records: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
+    transient: dict[str, str] = {}
     sign = partial(sign_href, timeout_s=cfg.stac.sign_timeout_s) if cfg.stac.sign == "auto" else None
     dpl = cfg.dates_per_location
     cache = SourceCache(sign)
@@ -388,11 +431,14 @@ def _build_task(spec: dict[str, Any], writer: ChipWriter) -> dict[str, Any]:
     try:
         probes = _prefetch([(loc, e["candidates"]) for loc, e in locs], items, cfg, cache)
         for loc, entry in locs:
-            chosen = _choose(loc, entry["candidates"], items, cfg, cache, skipped, probes)
+            chosen = _choose(loc, entry["candidates"], items, cfg, cache, skipped, probes, transient)
+            retry = [transient[c] for c in entry["candidates"] if c in transient]
             for slot in range(dpl):
                 row = entry["index"] * dpl + slot
                 rec = _record(loc, slot, entry["footprint"])
-                if slot < len(chosen):
+                if retry:  # the choice could differ once the scene reads: nothing kept, retried on --resume
+                    rec.update(status=TRANSIENT, reason=f"transient read failure: {retry[0]}")
+                elif slot < len(chosen):
                     chip = chosen[slot]
                     assert chip.pixels is not None
                     reason = _passes(cfg, chip.cloud_fraction, chip.nodata_fraction)
@@ -419,7 +465,13 @@ def _build_task(spec: dict[str, Any], writer: ChipWriter) -> dict[str, Any]:
                 records.append(rec)
     finally:
         cache.close()
-    return {"task_id": spec["task_id"], "records": records, "skipped": skipped, "stats": hist.to_sparse()}
+    return {
+        "task_id": spec["task_id"],
+        "records": records,
+        "skipped": skipped,
+        "transient": transient,
+        "stats": hist.to_sparse(),
+    }
 
 
 def _record(loc: Location, slot: int, footprint_wkt: str) -> dict[str, Any]:
@@ -589,7 +641,7 @@ def build_chips(
 
     tasks = _tasks(plan)
     dpl = plan["config"]["dates_per_location"]
-    pending = [t for t, _ in enumerate(tasks) if not _journal_path(root, t).is_file()]
+    pending = [t for t, _ in enumerate(tasks) if not _journal_path(root, t).is_file()]  # retry ones too
     done_chips = sum(len(m) for t, m in enumerate(tasks) if t not in set(pending)) * dpl
     total = len(plan["locations"]) * dpl
     specs = [_task_spec(root, plan, t, tasks[t], fsync) for t in pending]
@@ -603,10 +655,16 @@ def build_chips(
         total=total, initial=done_chips, unit="chip", desc="chips", disable=progress_disabled(), smoothing=0.1
     ) as bar:
 
+        said: set[str] = set()
+
         def on_done(result: dict[str, Any]) -> None:
             bar.update(result["chips"])
             for item_id, why in result["skipped"].items():
                 log.warning("skipped item %s: %s", item_id, why)
+            for host, why in result.get("transient_hosts", {}).items():
+                if host not in said:  # once per host, not once per task
+                    said.add(host)
+                    log.warning("reads from %s are failing (%s); those chips are left for --resume", host, why)
 
         try:
             _execute(specs, workers=workers or 1, scheduler=scheduler, executor=cfg.executor, on_done=on_done)
@@ -632,8 +690,11 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
     hist = BandHistograms(bands, sensor.dtype)
     records: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
+    transient: dict[str, str] = {}
     for task_id in range(len(_tasks(plan))):
         journal = _journal_path(root, task_id)
+        if not journal.is_file():
+            journal = _retry_path(root, task_id)
         if not journal.is_file():
             raise DataError(
                 f"Task {task_id} of {str(root)!r} has not finished; rerun the build with --resume."
@@ -642,7 +703,10 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
         records.extend(part["records"])
         for k, v in part["skipped"].items():
             skipped.setdefault(k, v)
+        for v in part.get("transient", {}).values():
+            transient.setdefault(_host_or_file(v), v)
         hist.merge_sparse(part["stats"])
+    _check_usable(root, records, skipped, transient)
 
     frame = pd.DataFrame.from_records(records)
     frame["datetime"] = pd.to_datetime(frame["datetime"], utc=True, format="ISO8601")
@@ -660,12 +724,14 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
     atomic_write_json(root / STATS_NAME, stats)
 
     ok = index[index["status"] == "ok"]
-    reasons = index.loc[index["status"] != "ok", "reason"].fillna("unknown")
+    n_transient = int((index["status"] == TRANSIENT).sum())
+    reasons = index.loc[index["status"] == "rejected", "reason"].fillna("unknown")
     reasons = reasons.str.replace(r"\s[\d.]+ > ", " > ", regex=True).value_counts().to_dict()
     counts = {
         "planned": len(index),
         "ok": len(ok),
-        "rejected": len(index) - len(ok),
+        "rejected": len(index) - len(ok) - n_transient,
+        "failed_transiently": n_transient,
         "locations": len(plan["locations"]),
         "ok_by_split": {s: int((ok["split"] == s).sum()) for s in ("train", "val", "test")},
         "rejected_by_reason": {str(k): int(v) for k, v in reasons.items()},
@@ -704,4 +770,38 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
         seconds=0.0,
         skipped_items=skipped,
         reasons=counts["rejected_by_reason"],
+        transient=n_transient,
+        transient_hosts=transient,
+    )
+
+
+def _check_usable(
+    root: Path, records: list[dict[str, Any]], skipped: dict[str, str], transient: dict[str, str]
+) -> None:
+    """DataError (one sentence: the per-reason counts, an example failure) when no chip is usable;
+    raised before the index, stats or ``dataset.json`` are written, so nothing looks finished."""
+    if any(r["status"] == "ok" for r in records):
+        return
+    import re
+    from collections import Counter
+
+    reasons = Counter(
+        "failed transiently" if r["status"] == TRANSIENT else re.sub(r"\s[\d.]+ > ", " > ", r["reason"] or "unknown")
+        for r in records
+    )
+    causes = ", ".join(f"{n} x {why}" for why, n in reasons.most_common())
+    if transient:
+        host, why = next(iter(transient.items()))
+        hint = f"reads from {host} failed ({why}); rerun with --resume once it answers"
+    elif skipped:
+        item, why = next(iter(skipped.items()))
+        hint = (
+            f"e.g. item {item}: {why}; check the hrefs, stac.sign (Planetary Computer hrefs need signing) "
+            "and the band assets, then build again"
+        )
+    else:
+        hint = "loosen max_cloud_fraction / max_nodata_fraction or widen the date range, then build again"
+    raise DataError(
+        f"No usable chip was built in {str(root)!r} ({causes}): {hint}. No index, stats or dataset.json "
+        "were written."
     )
