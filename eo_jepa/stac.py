@@ -20,7 +20,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ class ItemInfo:
     assets: dict[str, AssetInfo] = field(default_factory=dict)
     # The provider already removed BOA_ADD_OFFSET (Earth Search's earthsearch:boa_offset_applied).
     offset_applied: bool = False
+    product_uri: str | None = None  # s2:product_uri: encodes the processing baseline (_N0509_)
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -123,20 +124,47 @@ def parse_item(item: Any, *, base_dir: Path | None = None) -> ItemInfo:
             transform=tuple(float(v) for v in transform[:6]) if transform else None,
             shape=(int(shape[0]), int(shape[1])) if shape else None,
         )
+    geometry = data.get("geometry")
+    if geometry is None:
+        bbox = data.get("bbox")
+        if not bbox or len(bbox) < 4:
+            raise StacError(
+                f"STAC item {data.get('id')!r} has geometry null and no bbox, so it cannot be matched to any "
+                "AOI; give it a footprint (geometry or bbox) or leave it out of the source."
+            )
+        from shapely.geometry import box, mapping
+
+        log.warning("STAC item %s has geometry null; its bbox is used as its footprint", data.get("id"))
+        lo = len(bbox) // 2
+        geometry = mapping(box(bbox[0], bbox[1], bbox[lo], bbox[lo + 1]))
     cloud = props.get("eo:cloud_cover")
     baseline = props.get("s2:processing_baseline") or props.get("sentinel:processing_baseline")
-    applied = props.get("earthsearch:boa_offset_applied", props.get("sentinel:boa_offset_applied", False))
+    applied = props.get("earthsearch:boa_offset_applied", props.get("sentinel:boa_offset_applied"))
+    product = props.get("s2:product_uri") or props.get("s2:product_id")
     return ItemInfo(
         id=str(data["id"]),
         collection=data.get("collection"),
         datetime=_parse_datetime(str(when)).astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
-        geometry=data["geometry"],
+        geometry=dict(geometry),
         cloud_cover=float(cloud) if cloud is not None else None,
         baseline=str(baseline) if baseline is not None else None,
         epsg=item_epsg,
         assets=assets,
-        offset_applied=bool(applied),
+        offset_applied=_flag(applied, "earthsearch:boa_offset_applied", data.get("id")),
+        product_uri=str(product) if product else None,
     )
+
+
+def _flag(value: Any, name: str, item_id: Any) -> bool:
+    """A STAC boolean that may arrive as a string ("false" must not count as true)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise StacError(f"STAC item {item_id!r} has {name}={value!r}; expected true or false.")
 
 
 # --------------------------------------------------------------------------- search
@@ -197,9 +225,7 @@ def _capped_retry_class() -> type:
 _CappedRetry: Any = _capped_retry_class()
 
 
-def bounded_session(
-    timeout_s: float, retries: int, backoff_s: float, max_retry_after_s: float = 60.0
-) -> Any:
+def bounded_session(timeout_s: float, retries: int, backoff_s: float, max_retry_after_s: float = 60.0) -> Any:
     """A requests Session whose every request ends within ``timeout_s`` per attempt, whatever the server.
 
     The per-attempt bound covers connecting, the headers and the whole body: ``timeout_s`` applies to
@@ -330,7 +356,7 @@ def _short(exc: BaseException) -> str:
 def search_items(
     source: str,
     *,
-    collection: str | None,
+    collection: str | Sequence[str] | None,
     intersects: Mapping[str, Any],
     start: str,
     end: str,
@@ -343,7 +369,11 @@ def search_items(
     max_retry_after_s: float = 60.0,
     client: Any = None,
 ) -> list[ItemInfo]:
-    """Items intersecting a GeoJSON geometry within [start, end] (dates, inclusive), least cloudy first."""
+    """Items intersecting a GeoJSON geometry within [start, end] (dates, inclusive), least cloudy first.
+
+    ``collection``: one collection id or several (e.g. Earth Search's legacy and collection-1 ones).
+    """
+    collection = _collections(collection)
     if is_api_url(source):
         items = _search_api(
             client
@@ -372,6 +402,23 @@ def search_items(
     return sorted(items, key=_item_order)
 
 
+def _collections(collection: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    if not collection:
+        return None
+    return (collection,) if isinstance(collection, str) else tuple(collection)
+
+
+def dropped_by_collection(source: str | Path, collection: str | Sequence[str] | None) -> dict[str, int]:
+    """Items of a static source whose collection is not ``collection``: count by collection id."""
+    wanted = _collections(collection)
+    out: dict[str, int] = {}
+    if wanted:
+        for item in load_static_items(source):
+            if item.collection and item.collection not in wanted:
+                out[item.collection] = out.get(item.collection, 0) + 1
+    return out
+
+
 def _item_order(item: ItemInfo) -> tuple[float, str, str]:
     return (item.cloud_cover if item.cloud_cover is not None else 101.0, item.datetime, item.id)
 
@@ -380,7 +427,7 @@ def _search_api(
     client: Any,
     url: str,
     *,
-    collection: str | None,
+    collection: tuple[str, ...] | None,
     intersects: Mapping[str, Any],
     start: str,
     end: str,
@@ -395,7 +442,7 @@ def _search_api(
     query = {"eo:cloud_cover": {"lte": max_cloud_cover}} if max_cloud_cover is not None else None
     try:
         search = client.search(
-            collections=[collection] if collection else None,
+            collections=list(collection) if collection else None,
             intersects=dict(intersects),
             datetime=f"{start}/{end}",
             query=query,
@@ -407,7 +454,7 @@ def _search_api(
         # PystacClientWarning (raised as DoesNotConformTo): the API lacks item search; ValueError: bad JSON
         raise StacError(
             f"STAC search at {url} failed ({_short(exc)}); check that the API is up and the collection "
-            f"{collection!r} exists, then retry."
+            f"{', '.join(collection or ())!r} exists, then retry."
         ) from None
 
 
@@ -461,7 +508,7 @@ def _read_static(path: Path) -> list[ItemInfo]:
 def _search_static(
     source: str | Path,
     *,
-    collection: str | None,
+    collection: tuple[str, ...] | None,
     intersects: Mapping[str, Any],
     start: str,
     end: str,
@@ -473,7 +520,7 @@ def _search_static(
     lo, hi = _date_range(start, end)
     out = []
     for item in load_static_items(source):
-        if collection and item.collection and item.collection != collection:
+        if collection and item.collection and item.collection not in collection:
             continue
         if max_cc is not None and item.cloud_cover is not None and item.cloud_cover > max_cc:
             continue

@@ -32,7 +32,9 @@ def _write(path: Path, items: list[dict]) -> Path:
 
 
 def _finished_files(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.name in ("dataset.json", "norm_stats.json", "index.parquet"))
+    return sorted(
+        p.name for p in root.iterdir() if p.name in ("dataset.json", "norm_stats.json", "index.parquet")
+    )
 
 
 @pytest.mark.timeout(60)
@@ -51,7 +53,11 @@ def test_zero_usable_chips_exits_2_and_leaves_nothing_finished(demo_scenes_tiny,
     assert proc.returncode == 2, proc.stdout + proc.stderr
     err = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr
-    assert err[-1].startswith("eo-jepa: error: No usable chip was built") and "404" in err[-1] and "every candidate" in err[-1]
+    assert (
+        err[-1].startswith("eo-jepa: error: No usable chip was built")
+        and "404" in err[-1]
+        and "every candidate" in err[-1]
+    )
     assert _finished_files(out) == []
 
 
@@ -61,9 +67,10 @@ def test_host_down_then_back_resume_equals_uninterrupted(demo_scenes_tiny, tmp_p
     (exit 3, counted), and the resumed store equals an uninterrupted build byte for byte."""
     scenes = demo_scenes_tiny
     flag = tmp_path / "down"
-    with range_http_server(scenes.cog_dir) as good, fault_http_server(
-        "switch", root=scenes.cog_dir, down_flag=flag
-    ) as flaky:
+    with (
+        range_http_server(scenes.cog_dir) as good,
+        fault_http_server("switch", root=scenes.cog_dir, down_flag=flag) as flaky,
+    ):
         items = scenes.items(good)
         # two dates move to the flaky host and only cover the east half of the tile
         for item in items[2:]:

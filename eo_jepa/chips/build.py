@@ -59,7 +59,7 @@ from eo_jepa.chips.store import (
 )
 from eo_jepa.config import from_dict, load_config, to_dict
 from eo_jepa.errors import ConfigError, DataError, StacError
-from eo_jepa.stac import ItemInfo, is_api_url, open_client, search_items, sign_href
+from eo_jepa.stac import ItemInfo, dropped_by_collection, is_api_url, open_client, search_items, sign_href
 from eo_jepa.utils.io import atomic_open, atomic_write_json, atomic_write_text
 from eo_jepa.utils.logging import progress_disabled
 
@@ -134,7 +134,7 @@ def _search(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, list
     for aoi in aois:
         out[aoi.aoi_id] = search_items(
             source,
-            collection=cfg.collection,
+            collection=cfg.collections,
             intersects=mapping(aoi.geometry),
             start=aoi.start,
             end=aoi.end,
@@ -154,10 +154,24 @@ def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, An
     from shapely.geometry import mapping, shape
 
     found = _search(aois, cfg, source)
+    dropped = {} if is_api_url(source) else dropped_by_collection(source, cfg.collections)
+    if dropped:
+        others = ", ".join(f"{n} of {c!r}" for c, n in sorted(dropped.items()))
+        log.warning(
+            "%d item(s) of %s were left out by the collection filter (%s; searched %s); set stac.collection "
+            "to use them", sum(dropped.values()), source, others, ", ".join(cfg.collections),
+        )  # fmt: skip
     if not any(found.values()):
+        wanted = " or ".join(map(repr, cfg.collections))
+        hint = (
+            f"; {sum(dropped.values())} item(s) of other collections were left out ({', '.join(sorted(dropped))}): "
+            "set stac.collection to use them"
+            if dropped
+            else ""
+        )
         raise StacError(
-            f"The STAC search at {source} found no {cfg.collection!r} items for any of the {len(aois)} AOI(s) "
-            f"(cloud cover <= {cfg.stac.max_cloud_cover}); widen the date range, raise "
+            f"The STAC search at {source} found no {wanted} items for any of the {len(aois)} AOI(s) "
+            f"(cloud cover <= {cfg.stac.max_cloud_cover}){hint}; widen the date range, raise "
             "stac.max_cloud_cover or check the collection. Nothing was written."
         )
     items: dict[str, ItemInfo] = {}
@@ -181,6 +195,8 @@ def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, An
         "config": to_dict(cfg),
         "source": source,
         "collection": cfg.collection,
+        "collections": list(cfg.collections),
+        "items_dropped_by_collection": dropped,
         "aois": [
             {
                 "aoi_id": a.aoi_id,
@@ -449,6 +465,7 @@ def _build_task(spec: dict[str, Any], writer: ChipWriter) -> dict[str, Any]:
                         cloud_fraction=chip.cloud_fraction,
                         nodata_fraction=chip.nodata_fraction,
                         offset=chip.offset,
+                        offset_source=chip.offset_source,
                     )
                     if reason is None:
                         writer.write(row, chip.pixels, chip.valid)
@@ -492,6 +509,7 @@ def _record(loc: Location, slot: int, footprint_wkt: str) -> dict[str, Any]:
         "cloud_fraction": None,
         "nodata_fraction": None,
         "offset": 0,
+        "offset_source": None,
         "status": "rejected",
         "reason": None,
     }
@@ -654,7 +672,6 @@ def build_chips(
     with tqdm(
         total=total, initial=done_chips, unit="chip", desc="chips", disable=progress_disabled(), smoothing=0.1
     ) as bar:
-
         said: set[str] = set()
 
         def on_done(result: dict[str, Any]) -> None:
@@ -664,7 +681,9 @@ def build_chips(
             for host, why in result.get("transient_hosts", {}).items():
                 if host not in said:  # once per host, not once per task
                     said.add(host)
-                    log.warning("reads from %s are failing (%s); those chips are left for --resume", host, why)
+                    log.warning(
+                        "reads from %s are failing (%s); those chips are left for --resume", host, why
+                    )
 
         try:
             _execute(specs, workers=workers or 1, scheduler=scheduler, executor=cfg.executor, on_done=on_done)
@@ -738,6 +757,10 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
         "items": len(plan["items"]),
         "items_skipped": len(skipped),
     }
+    offsets = ok.groupby(["offset", "offset_source"], dropna=False).size() if len(ok) else {}
+    harmonisation = [
+        {"offset": int(off), "source": str(src), "chips": int(n)} for (off, src), n in dict(offsets).items()
+    ]
     dataset = {
         "format": 1,
         "sensor": sensor.name,
@@ -751,6 +774,9 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
         "source": plan["source"],
         "collection": plan["collection"],
         "skipped_items": skipped,
+        # the offsets actually applied to the ok chips, and what decided them (Sensor.offset_for)
+        "harmonisation": harmonisation,
+        "items_dropped_by_collection": plan.get("items_dropped_by_collection", {}),
         "eo_jepa_version": plan["eo_jepa_version"],
         "created": plan["created"],
     }
@@ -786,7 +812,9 @@ def _check_usable(
     from collections import Counter
 
     reasons = Counter(
-        "failed transiently" if r["status"] == TRANSIENT else re.sub(r"\s[\d.]+ > ", " > ", r["reason"] or "unknown")
+        "failed transiently"
+        if r["status"] == TRANSIENT
+        else re.sub(r"\s[\d.]+ > ", " > ", r["reason"] or "unknown")
         for r in records
     )
     causes = ", ".join(f"{n} x {why}" for why, n in reasons.most_common())

@@ -118,3 +118,11 @@ class ChipConfig:
     @property
     def collection(self) -> str:
         return self.stac.collection or self.sensor_info.collection(self.stac.provider)
+
+    @property
+    def collections(self) -> tuple[str, ...]:
+        """The collections searched: ``stac.collection`` when set, else every collection of the
+        sensor at the provider (Earth Search: ``sentinel-2-l2a`` and ``sentinel-2-c1-l2a``)."""
+        if self.stac.collection:
+            return (self.stac.collection,)
+        return self.sensor_info.collections_for(self.stac.provider)

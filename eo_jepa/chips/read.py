@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from eo_jepa.bands import Sensor, s2_offset_for_baseline
+from eo_jepa.bands import Sensor
 from eo_jepa.chips.config import ChipConfig
 from eo_jepa.chips.grid import Location
 from eo_jepa.stac import ItemInfo
@@ -229,7 +229,9 @@ class SourceCache:
         down = _DOWN_HOSTS.get(host) if host is not None else None
         if down is not None:
             if time.monotonic() - down[0] < HOST_DOWN_S:
-                error = ReadError(f"cannot open {href}: host {host} is not answering ({down[1]})", transient=True)
+                error = ReadError(
+                    f"cannot open {href}: host {host} is not answering ({down[1]})", transient=True
+                )
                 if remember_failure:
                     self.failed[href] = error
                 raise error
@@ -476,6 +478,7 @@ class ChipRead:
     nodata_fraction: float
     hrefs: list[str]
     offset: int
+    offset_source: str = "none"  # what decided the offset (see Sensor.offset_for)
     mask: tuple[np.ndarray, np.ndarray] | None = None  # (no data, cloud) from the quality mask, for reuse
 
     @property
@@ -587,7 +590,7 @@ def _read_chip(
         mask = (no_scl, _cloud_lut(tuple(cfg.mask_classes))[scl])
     nodata = mask[0] if mask is not None else np.zeros((size, size), dtype=bool)  # not written to
     pixels = None
-    offset = 0
+    offset, offset_source = 0, "none"
     if not (mask_only and mask_key is not None):
         raw = np.empty((len(cfg.bands), size, size), dtype=sensor.dtype)  # every band is assigned
         for key, indexes, positions in asset_groups(sensor, cfg.bands, provider):
@@ -600,8 +603,7 @@ def _read_chip(
                 nodata = nodata | ~covered
         if sensor.nodata is not None:
             nodata = nodata | (raw == sensor.nodata).any(axis=0)
-        if sensor.name == "sentinel-2-l2a" and cfg.harmonize and not item.offset_applied:
-            offset = s2_offset_for_baseline(item.baseline)
+        offset, offset_source = sensor.offset_for(item, cfg.harmonize)
         if offset < 0:  # DN - |offset|, clipped at 0, without leaving the unsigned dtype (in place)
             pixels = np.maximum(raw, -offset, out=raw)
             pixels -= raw.dtype.type(-offset)
@@ -621,5 +623,6 @@ def _read_chip(
         nodata_fraction=np.count_nonzero(nodata) / n,
         hrefs=hrefs,
         offset=offset,
+        offset_source=offset_source,
         mask=mask,
     )

@@ -201,7 +201,9 @@ def fault_http_server(fault: str, *, host: str = "127.0.0.1", **options: Any) ->
         raise ValueError("The 'switch' fault server needs root= (the folder to serve).")
     options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
     code = "import sys; from eo_jepa.demo.servers import _serve_fault_forever as s; s(*sys.argv[1:])"
-    with _server_process([sys.executable, "-c", code, fault, json.dumps(options), host], f"{fault} server") as port:
+    with _server_process(
+        [sys.executable, "-c", code, fault, json.dumps(options), host], f"{fault} server"
+    ) as port:
         yield f"http://{host}:{port}"
 
 
