@@ -17,6 +17,7 @@ k+1 is read. Within a task, the windows of a row of adjacent chips are read in o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -651,6 +652,7 @@ def build_chips(
             )
         aoi_list = aois if isinstance(aois, list) and all(isinstance(a, Aoi) for a in aois) else None
         aoi_list = aoi_list or load_aois(aois, cfg.aoi)
+        check_writable(root)  # before the search: a bad --out must not cost a STAC search first
         plan = make_plan(aoi_list, cfg, stac or cfg.stac.url)
         n_rows = len(plan["locations"]) * cfg.dates_per_location
         create_arrays(root, n_rows, len(cfg.bands), cfg.chip_size, cfg.sensor_info.dtype)
@@ -693,6 +695,28 @@ def build_chips(
     report.tasks, report.tasks_run, report.tasks_resumed = len(tasks), len(pending), len(tasks) - len(pending)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def check_writable(root: Path) -> None:
+    """DataError (one sentence) unless ``root`` can be created and written; leaves nothing behind."""
+    import tempfile
+
+    made: list[Path] = []
+    try:
+        for folder in reversed([root, *root.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise DataError(
+            f"--out {str(root)!r} cannot be written ({exc.strerror or exc}); choose a folder you can write to."
+        ) from None
+    finally:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = None) -> BuildReport:

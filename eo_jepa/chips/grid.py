@@ -11,12 +11,15 @@ The UTM zone of a chip is that of its AOI's centroid.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from eo_jepa.chips.aois import Aoi
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=32)
@@ -82,13 +85,15 @@ class Location:
 def plan_locations(aois: Sequence[Aoi], chip_size: int, gsd_m: float) -> list[Location]:
     """Grid cells intersecting each AOI, in AOI order then north-to-south, west-to-east.
 
-    A cell claimed by an earlier AOI is not repeated for a later one.
+    A cell claimed by an earlier AOI is not repeated for a later one: its chips are built once, for
+    the first AOI's date range. A later AOI over the same cells with another date range is warned
+    about (its chips there would be the first AOI's dates); use separate builds for separate periods.
     """
     import numpy as np
     import shapely
 
     span = chip_size * gsd_m
-    seen: set[str] = set()
+    seen: dict[str, Aoi] = {}
     out: list[Location] = []
     for aoi in aois:
         centroid = aoi.geometry.centroid
@@ -103,11 +108,15 @@ def plan_locations(aois: Sequence[Aoi], chip_size: int, gsd_m: float) -> list[Lo
         cells = shapely.box(x0s, y0s - span, x0s + span, y0s)
         keep = shapely.area(shapely.intersection(cells, geom)) > 0
         footprints = reproject_geometry(shapely.segmentize(cells[keep], span / 8), epsg, 4326)
+        shared: dict[str, tuple[Aoi, int]] = {}  # earlier AOI (other dates) -> cells it claimed
         for x0, y0, footprint in zip(x0s[keep].tolist(), y0s[keep].tolist(), footprints, strict=True):
             loc_id = f"{epsg}_{gsd_m:g}m_{chip_size}_{round(x0)}_{round(y0)}"
-            if loc_id in seen:
+            first = seen.get(loc_id)
+            if first is not None:
+                if (first.start, first.end) != (aoi.start, aoi.end):
+                    shared[first.aoi_id] = (first, shared.get(first.aoi_id, (first, 0))[1] + 1)
                 continue
-            seen.add(loc_id)
+            seen[loc_id] = aoi
             out.append(
                 Location(
                     location_id=loc_id,
@@ -124,4 +133,10 @@ def plan_locations(aois: Sequence[Aoi], chip_size: int, gsd_m: float) -> list[Lo
                     footprint=footprint,
                 )
             )
+        for other, n in shared.values():
+            log.warning(
+                "AOI %s (%s to %s) shares %d chip location(s) with AOI %s (%s to %s), which claimed them first: "
+                "they are built once, with AOI %s's dates; build the other period separately to get both",
+                aoi.aoi_id, aoi.start, aoi.end, n, other.aoi_id, other.start, other.end, other.aoi_id,
+            )  # fmt: skip
     return out
