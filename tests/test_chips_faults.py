@@ -130,3 +130,82 @@ def test_finalize_refuses_zero_usable_chips_in_the_library_too(demo_scenes_tiny,
         build_chips(demo_scenes_tiny.aois_path, cfg(every_class), tmp_path / "out",
                     stac=str(demo_scenes_tiny.items_path))  # fmt: skip
     assert _finished_files(tmp_path / "out") == []
+
+
+def test_resume_removes_temporary_files_of_an_interrupted_build(demo_scenes_tiny, tmp_path):
+    out = tmp_path / "out"
+    build_chips(demo_scenes_tiny.aois_path, cfg(), out, stac=str(demo_scenes_tiny.items_path))
+    before = (out / "index.parquet").read_bytes()
+    chunk_dir = out / "chips.zarr" / "pixels"  # chunks c.<row>.0.0.0, written via .c.<row>....partial
+    leftovers = [
+        out / ".build" / "partials" / ".task-000001.json.k2j3h4.tmp",
+        chunk_dir / ".c.3.0.0.0.4242.140000.partial",
+        out / ".index.parquet.x8y9z0.tmp",
+    ]
+    for path in leftovers:
+        path.write_bytes(b"half-written")
+    build_chips(demo_scenes_tiny.aois_path, cfg(), out, stac=str(demo_scenes_tiny.items_path), resume=True)
+    assert [p for p in leftovers if p.exists()] == []
+    assert (out / "index.parquet").read_bytes() == before
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(90)
+def test_workers_exit_when_the_build_is_killed(demo_scenes_tiny, tmp_path):
+    """SIGKILL the builder while its two workers wait on a COG host that stopped answering."""
+    import os
+    import signal
+
+    flag = tmp_path / "down"
+    flag.touch()
+    with fault_http_server("switch", root=demo_scenes_tiny.cog_dir, down_flag=flag) as url:
+        items = _write(tmp_path / "items.json", demo_scenes_tiny.items(url))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "eo_jepa", "chips", "build", "--aois", str(demo_scenes_tiny.aois_path),
+             "--config", str(DEMO_CONFIG), "--out", str(tmp_path / "out"), "--stac", str(items), "-j", "2",
+             "stac.timeout_s=60", "task_size=1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 45
+            workers: set[int] = set()
+            while time.monotonic() < deadline and len(workers) < 3:  # fork server + 2 workers
+                time.sleep(0.2)
+                workers = _descendants(proc.pid)
+            assert len(workers) >= 3, workers
+            time.sleep(1.0)  # the workers are now blocked on the silent host
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(_running(p) for p in workers):
+                time.sleep(0.2)
+            alive = [p for p in workers if _running(p)]
+            said = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in alive}
+            for pid in alive:  # do not leak them whatever the outcome
+                os.kill(pid, signal.SIGKILL)
+            assert alive == [], said
+        finally:
+            if proc.poll() is None:
+                proc.kill()

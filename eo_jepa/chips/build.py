@@ -22,6 +22,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -63,6 +64,7 @@ from eo_jepa.errors import ConfigError, DataError, StacError
 from eo_jepa.stac import ItemInfo, dropped_by_collection, is_api_url, open_client, search_items, sign_href
 from eo_jepa.utils.io import atomic_open, atomic_write_json, atomic_write_text
 from eo_jepa.utils.logging import progress_disabled
+from eo_jepa.utils.proc import pool_worker_init
 
 log = logging.getLogger(__name__)
 
@@ -596,7 +598,10 @@ def _execute(
     if executor == "thread":
         pool = cf.ThreadPoolExecutor(workers)
     else:
-        pool = cf.ProcessPoolExecutor(workers, mp_context=_process_context())
+        # workers exit when this process dies, even by SIGKILL (else they keep reading for minutes)
+        pool = cf.ProcessPoolExecutor(
+            workers, mp_context=_process_context(), initializer=pool_worker_init, initargs=(os.getpid(),)
+        )
     try:
         futures = [pool.submit(run_tasks, batch) for batch in _batches(specs, workers)]
         for fut in cf.as_completed(futures):
@@ -631,6 +636,9 @@ def build_chips(
     root = Path(out_dir)
     plan_path = root / BUILD_DIR / PLAN_NAME
     if resume and plan_path.is_file():
+        removed = remove_temp_files(root)
+        if removed:
+            log.info("removed %d temporary file(s) an interrupted build left in %s", removed, root)
         plan = json.loads(plan_path.read_text())
         if plan["config"] != to_dict(cfg):
             raise ConfigError(
@@ -695,6 +703,26 @@ def build_chips(
     report.tasks, report.tasks_run, report.tasks_resumed = len(tasks), len(pending), len(tasks) - len(pending)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+# Temporary files of writes cut short: atomic writes (".NAME.XXXX.tmp") and chunks (".NAME.PID.TID.partial")
+_TEMP_SUFFIXES = (".tmp", ".partial")
+
+
+def remove_temp_files(root: Path) -> int:
+    """Delete the temporary files an interrupted build left under ``root``; how many were removed."""
+    removed = 0
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIXES):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed += 1
+    return removed
 
 
 def check_writable(root: Path) -> None:

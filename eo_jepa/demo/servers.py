@@ -30,6 +30,8 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from eo_jepa.utils.proc import die_with_parent
+
 log = logging.getLogger(__name__)
 
 _INSTALL_HINT = "install PostgreSQL 15 + PostGIS 3 (`bash .ci/system-deps`, Debian packages postgresql-15 postgresql-15-postgis-3)"
@@ -40,18 +42,7 @@ _INSTALL_HINT = "install PostgreSQL 15 + PostGIS 3 (`bash .ci/system-deps`, Debi
 # --------------------------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: on Linux, SIGTERM this child when the process that started it dies (even by SIGKILL).
-
-    Linux ties this to the *thread* that started the child: start the servers from a thread that
-    outlives their use (the main thread, as pytest fixtures and scripts do).
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+_die_with_parent = die_with_parent  # preexec_fn of the server processes
 
 
 def _range_handler(root: str) -> Any:
