@@ -34,7 +34,7 @@ from typing import Any
 from eo_jepa._version import __version__
 from eo_jepa.chips.aois import Aoi, load_aois
 from eo_jepa.chips.config import ChipConfig
-from eo_jepa.chips.grid import Location, plan_locations
+from eo_jepa.chips.grid import Anchor, Location, plan_locations, source_anchor
 from eo_jepa.chips.read import (
     ChipRead,
     ReadError,
@@ -150,6 +150,26 @@ def _search(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, list
     return out
 
 
+def _anchors(found: dict[str, list[ItemInfo]], cfg: ChipConfig) -> dict[str, Anchor] | None:
+    """``grid.snap: source``: per AOI, the pixel grid of its first scene's first band asset (from the
+    item's ``proj:*`` fields); AOIs whose scene has no usable grid keep the UTM grid, with a warning."""
+    if cfg.grid.snap != "source":
+        return None
+    key = asset_groups(cfg.sensor_info, cfg.bands, cfg.stac.provider)[0][0]
+    out: dict[str, Anchor] = {}
+    for aoi_id, items in found.items():
+        asset = items[0].assets.get(key) if items else None
+        anchor = source_anchor(asset.epsg, asset.transform, cfg.gsd_m) if asset is not None else None
+        if anchor is not None:
+            out[aoi_id] = anchor
+        elif items:
+            log.warning(
+                "AOI %s: the %r asset of item %s has no north-up proj:transform/proj:epsg whose pixel size "
+                "divides gsd_m=%g; its chips stay on the UTM grid (resampled)", aoi_id, key, items[0].id, cfg.gsd_m,
+            )  # fmt: skip
+    return out
+
+
 def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, Any]:
     """Search every AOI and lay out the grid; StacError when nothing is found (nothing written)."""
     import numpy as np
@@ -183,7 +203,7 @@ def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, An
         for item in group:
             items.setdefault(item.id, item)
             shapes.setdefault(item.id, shape(item.geometry))
-    locations = plan_locations(aois, cfg.chip_size, cfg.gsd_m)
+    locations = plan_locations(aois, cfg.chip_size, cfg.gsd_m, _anchors(found, cfg))
     footprints = np.array([loc.footprint for loc in locations], dtype=object)
     covers = {i: shapely.intersects(shape, footprints) for i, shape in shapes.items()}  # one call per item
     entries = []
@@ -469,6 +489,7 @@ def _build_task(spec: dict[str, Any], writer: ChipWriter) -> dict[str, Any]:
                         nodata_fraction=chip.nodata_fraction,
                         offset=chip.offset,
                         offset_source=chip.offset_source,
+                        warped=chip.warped,
                     )
                     if reason is None:
                         writer.write(row, chip.pixels, chip.valid)
@@ -513,6 +534,7 @@ def _record(loc: Location, slot: int, footprint_wkt: str) -> dict[str, Any]:
         "nodata_fraction": None,
         "offset": 0,
         "offset_source": None,
+        "warped": False,
         "status": "rejected",
         "reason": None,
     }
@@ -828,6 +850,8 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
         "skipped_items": skipped,
         # the offsets actually applied to the ok chips, and what decided them (Sensor.offset_for)
         "harmonisation": harmonisation,
+        # chips with a band reprojected/resampled onto the chip grid (not exact source pixels)
+        "grid": {"snap": cfg.grid.snap, "warped_chips": int(ok["warped"].sum()) if len(ok) else 0},
         "items_dropped_by_collection": plan.get("items_dropped_by_collection", {}),
         "eo_jepa_version": plan["eo_jepa_version"],
         "created": plan["created"],

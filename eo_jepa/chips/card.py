@@ -60,6 +60,23 @@ def _processing(cfg: dict[str, Any], sensor: Sensor, applied: list[dict[str, Any
     return "\n".join(lines)
 
 
+def _grid_line(grid: dict[str, Any] | None, ok: int, resampling: str) -> str:
+    if grid is None:
+        return ""
+    snap = "the source's pixel grid" if grid["snap"] == "source" else "a UTM grid of whole chip spans"
+    warped = grid["warped_chips"]
+    if not warped:
+        return (
+            f"\n- Grid: chips lie on {snap}; no chip was reprojected (pixels are source pixels, bands "
+            "coarser than the chip grid aside)."
+        )
+    return (
+        f"\n- Grid: chips lie on {snap}; {warped} of {ok} chips were reprojected/resampled onto it with "
+        f"`{resampling}` (source in another CRS or off the chip lattice; `grid.snap: source` keeps "
+        "same-CRS sources exact)."
+    )
+
+
 def render_card(dataset: dict[str, Any], stats: dict[str, Any], plan: dict[str, Any]) -> str:
     cfg = dataset["config"]
     sensor = get_sensor(dataset["sensor"])
@@ -89,6 +106,7 @@ def render_card(dataset: dict[str, Any], stats: dict[str, Any], plan: dict[str, 
         ],
         "counts": counts,
         "harmonisation": dataset.get("harmonisation", []),
+        "grid": dataset.get("grid"),
         "stats": {b: {k: v for k, v in s.items()} for b, s in stats["bands"].items()},
     }
     aoi_rows = ["| aoi_id | label | split | dates | bbox (lon/lat) | items |", "|---|---|---|---|---|---|"]
@@ -127,7 +145,8 @@ def render_card(dataset: dict[str, Any], stats: dict[str, Any], plan: dict[str, 
         "splits": ", ".join(f"{k} {v}" for k, v in counts["ok_by_split"].items()),
         "reasons": ", ".join(f"{k}: {v}" for k, v in counts["rejected_by_reason"].items()) or "none",
         "skipped": ", ".join(sorted(dataset["skipped_items"])) or "none",
-        "processing": _processing(cfg, sensor, dataset.get("harmonisation")),
+        "processing": _processing(cfg, sensor, dataset.get("harmonisation"))
+        + _grid_line(dataset.get("grid"), counts["ok"], cfg["resampling"]),
         "aois_table": "\n".join(aoi_rows),
         "stats_table": "\n".join(stat_rows),
     }

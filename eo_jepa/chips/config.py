@@ -67,6 +67,17 @@ class AoiConfig:
 
 
 @dataclass
+class GridConfig:
+    """Where chip edges lie."""
+
+    # "utm": a global grid per UTM zone (the AOI centroid's), origins on whole chip spans: the same
+    # place always gets the same location_id. "source": the CRS and pixel lattice of the AOI's first
+    # scene, so chips of same-CRS sources (NAIP tiles in their own UTM zone) are exact source pixels
+    # instead of resampled ones; needs gsd_m to be a whole multiple of the source pixel size.
+    snap: Literal["utm", "source"] = "utm"
+
+
+@dataclass
 class ChipConfig:
     """One chip build: sensor, bands, chip grid, scene choice, filters and parallelism."""
 
@@ -77,6 +88,7 @@ class ChipConfig:
     gsd_m: float = 10.0  # chip pixel size in metres (UTM grid)
     stac: StacConfig = field(default_factory=StacConfig)
     aoi: AoiConfig = field(default_factory=AoiConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
     # Quality-mask classes that mark a pixel invalid (Sentinel-2 SCL; ignored for sensors without one).
     mask_classes: list[int] = field(default_factory=lambda: list(DEFAULT_SCL_MASK))
     harmonize: bool = True  # Sentinel-2: subtract 1000 from baseline >= 04.00 scenes, clip at 0

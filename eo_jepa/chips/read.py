@@ -479,6 +479,7 @@ class ChipRead:
     hrefs: list[str]
     offset: int
     offset_source: str = "none"  # what decided the offset (see Sensor.offset_for)
+    warped: bool = False  # a band was reprojected/resampled through a WarpedVRT (not read on its own grid)
     mask: tuple[np.ndarray, np.ndarray] | None = None  # (no data, cloud) from the quality mask, for reuse
 
     @property
@@ -552,6 +553,7 @@ def _read_chip(
     provider = cfg.stac.provider
     size = loc.size
     hrefs: list[str] = list(probe.hrefs) if probe is not None and probe.mask is not None else []
+    warped: list[str] = []
 
     def asset_href(key: str) -> str:
         asset = item.assets.get(key)
@@ -570,6 +572,8 @@ def _read_chip(
         ds = cache.open(href)
         try:
             t, epsg = cache.geo(href, ds)
+            if _aligned_window(t, epsg, loc) is None:
+                warped.append(key)  # another CRS or off the chip grid's lattice: reprojected/resampled
             return read_to_grid(ds, indexes, loc, resampling, epsg=epsg, transform=t)
         except (RasterioError, OSError) as exc:
             error = ReadError(f"cannot read {href}: {exc}", transient=is_transient(str(exc)))
@@ -624,5 +628,6 @@ def _read_chip(
         hrefs=hrefs,
         offset=offset,
         offset_source=offset_source,
+        warped=bool(warped) and pixels is not None,
         mask=mask,
     )
