@@ -211,6 +211,12 @@ def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, An
         cands = [i.id for i in found[loc.aoi_id] if covers[i.id][k]]
         entries.append({**loc.to_dict(), "candidates": cands[: cfg.max_candidates]})
     used = sorted({c for e in entries for c in e["candidates"]})
+    for item_id in used:  # say when a fallback decided a scene's offset (recorded per chip as well)
+        offset, source = cfg.sensor_info.offset_for(items[item_id], cfg.harmonize)
+        if source in ("s2:product_uri", "item id", "acquisition date"):
+            log.info(
+                "item %s has no s2:processing_baseline: offset %d decided by its %s", item_id, offset, source
+            )
     return {
         "format": 1,
         "eo_jepa_version": __version__,
