@@ -209,3 +209,23 @@ def test_workers_exit_when_the_build_is_killed(demo_scenes_tiny, tmp_path):
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+@pytest.mark.timeout(90)
+def test_all_chips_transient_then_resume_in_the_same_process(demo_scenes_tiny, tmp_path):
+    """Every scene on a host that stopped answering: no usable chip (exit-2 error naming the host and
+    --resume), nothing finished; once the host is back, --resume in the same process builds the store."""
+    flag = tmp_path / "down"
+    flag.touch()
+    with fault_http_server("switch", root=demo_scenes_tiny.cog_dir, down_flag=flag) as url:
+        items = _write(tmp_path / "items.json", demo_scenes_tiny.items(url))
+        args = (demo_scenes_tiny.aois_path, cfg(*FAST_NET), tmp_path / "out")
+        with pytest.raises(
+            DataError, match=r"No usable chip .*failed transiently.*rerun with --resume"
+        ) as err:
+            build_chips(*args, stac=str(items))
+        assert url.split("//")[1] in str(err.value)
+        assert _finished_files(tmp_path / "out") == []
+        flag.unlink()
+        report = build_chips(*args, stac=str(items), resume=True)
+    assert report.ok > 0 and report.transient == 0

@@ -44,6 +44,7 @@ from eo_jepa.chips.read import (
     close_cached_datasets,
     enter_gdal_env,
     forget_checks,
+    forget_down_hosts,
     host_of,
     http_options,
     prefetch,
@@ -696,6 +697,7 @@ def build_chips(
         atomic_write_json(plan_path, plan, indent=None)  # written last: plan present => arrays exist
 
     tasks = _tasks(plan)
+    forget_down_hosts()  # inline/thread workers share this process: a host down last time may be back
     dpl = plan["config"]["dates_per_location"]
     pending = [t for t, _ in enumerate(tasks) if not _journal_path(root, t).is_file()]  # retry ones too
     done_chips = sum(len(m) for t, m in enumerate(tasks) if t not in set(pending)) * dpl

@@ -103,6 +103,11 @@ _DOWN_HOSTS: dict[str, tuple[float, str]] = {}
 HOST_DOWN_S = 30.0
 
 
+def forget_down_hosts() -> None:
+    """Try every host again (a new build in this process: a host down during the last one may be back)."""
+    _DOWN_HOSTS.clear()
+
+
 def host_of(href: str) -> str | None:
     """scheme://host[:port] of a URL (the unit a network failure is reported in); None for files."""
     if "://" not in href:
