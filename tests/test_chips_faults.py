@@ -97,6 +97,9 @@ def test_host_down_then_back_resume_equals_uninterrupted(demo_scenes_tiny, tmp_p
         assert flaky in first.stderr
         meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
         assert 0 < meta["counts"]["failed_transiently"] < meta["counts"]["planned"]
+        info = subprocess.run([sys.executable, "-m", "eo_jepa", "chips", "info", str(tmp_path / "out")],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert f"failed transiently (network): {meta['counts']['failed_transiently']}" in info.stdout
         assert meta["counts"]["ok"] < ref.ok
         assert elapsed < 60  # a dead host costs seconds, not ~160 s per item
 

@@ -79,6 +79,10 @@ def info(root: Path = typer.Argument(..., help="A chip store folder.")) -> None:
     )
     for reason, n in counts["rejected_by_reason"].items():
         typer.echo(f"rejected: {n} x {reason}")
+    if counts.get("failed_transiently"):
+        typer.echo(
+            f"failed transiently (network): {counts['failed_transiently']}; `chips build --resume` retries them"
+        )
     if meta.get("skipped_items"):
         typer.echo(f"skipped items: {', '.join(sorted(meta['skipped_items']))}")
     typer.echo(f"{'band':<10}{'mean':>10}{'std':>10}{'p2':>8}{'p98':>8}{'count':>12}")
