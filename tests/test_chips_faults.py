@@ -48,7 +48,7 @@ def test_zero_usable_chips_exits_2_and_leaves_nothing_finished(demo_scenes_tiny,
         proc = subprocess.run(
             [sys.executable, "-m", "eo_jepa", "chips", "build", "--aois", str(demo_scenes_tiny.aois_path),
              "--config", str(DEMO_CONFIG), "--out", str(out), "--stac", str(items), *FAST_NET],
-            capture_output=True, text=True, timeout=50,
+            capture_output=True, text=True, timeout=50, cwd=tmp_path,
         )  # fmt: skip
     assert proc.returncode == 2, proc.stdout + proc.stderr
     err = proc.stderr.strip().splitlines()
@@ -89,7 +89,7 @@ def test_host_down_then_back_resume_equals_uninterrupted(demo_scenes_tiny, tmp_p
         t0 = time.perf_counter()
         run = [sys.executable, "-m", "eo_jepa", "chips", "build", "--aois", str(scenes.aois_path),
                "--config", str(DEMO_CONFIG), "--out", str(tmp_path / "out"), "--stac", str(path), *FAST_NET]  # fmt: skip
-        first = subprocess.run(run, capture_output=True, text=True, timeout=100)
+        first = subprocess.run(run, capture_output=True, text=True, timeout=100, cwd=tmp_path)
         elapsed = time.perf_counter() - t0
         assert first.returncode == 3, first.stdout + first.stderr
         assert "failed transiently" in first.stdout and "--resume" in first.stdout
@@ -98,13 +98,13 @@ def test_host_down_then_back_resume_equals_uninterrupted(demo_scenes_tiny, tmp_p
         meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
         assert 0 < meta["counts"]["failed_transiently"] < meta["counts"]["planned"]
         info = subprocess.run([sys.executable, "-m", "eo_jepa", "chips", "info", str(tmp_path / "out")],
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
         assert f"failed transiently (network): {meta['counts']['failed_transiently']}" in info.stdout
         assert meta["counts"]["ok"] < ref.ok
         assert elapsed < 60  # a dead host costs seconds, not ~160 s per item
 
         flag.unlink()
-        second = subprocess.run([*run, "--resume"], capture_output=True, text=True, timeout=100)
+        second = subprocess.run([*run, "--resume"], capture_output=True, text=True, timeout=100, cwd=tmp_path)
         assert second.returncode == 0, second.stdout + second.stderr
 
     a, b = _load(tmp_path / "ref"), _load(tmp_path / "out")
@@ -189,7 +189,7 @@ def test_workers_exit_when_the_build_is_killed(demo_scenes_tiny, tmp_path):
             [sys.executable, "-m", "eo_jepa", "chips", "build", "--aois", str(demo_scenes_tiny.aois_path),
              "--config", str(DEMO_CONFIG), "--out", str(tmp_path / "out"), "--stac", str(items), "-j", "2",
              "stac.timeout_s=60", "task_size=1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 45

@@ -61,7 +61,7 @@ def test_unlabelled_store_trains_embeds_and_eval_says_what_is_missing(unlabelled
     train = subprocess.run(
         [sys.executable, "-m", "eo_jepa", "train", "--config", str(TINY), "--data", str(unlabelled_store),
          f"output_dir={tmp_path}", "name=u", "max_steps=2", "checkpoint.every=2", "log.tensorboard=false", "data.batch_size=4"],
-        capture_output=True, text=True, timeout=280, env=env,
+        capture_output=True, text=True, timeout=280, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert train.returncode == 0, train.stderr[-2000:]
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from shapely.geometry import box, mapping
@@ -67,9 +68,9 @@ def test_chips_build_against_a_dead_api_exits_2_within_bound(tmp_path, demo_scen
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "eo_jepa", "chips", "build", "--aois", str(demo_scenes_tiny.aois_path),
-             "--config", "configs/chips/s2_5band_64_demo.yaml", "--out", str(tmp_path / "out"), "--stac", url,
+             "--config", str(Path(__file__).resolve().parents[1] / "configs/chips/s2_5band_64_demo.yaml"), "--out", str(tmp_path / "out"), "--stac", url,
              "stac.timeout_s=0.5", "stac.retries=1", "stac.backoff_s=0.05"],
-            capture_output=True, text=True, timeout=50, env={**os.environ, "EO_JEPA_NO_PROGRESS": "1"},
+            capture_output=True, text=True, timeout=50, cwd=tmp_path, env={**os.environ, "EO_JEPA_NO_PROGRESS": "1"},
         )  # fmt: skip
         elapsed = time.perf_counter() - t0
     assert proc.returncode == 2, proc.stderr
