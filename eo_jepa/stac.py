@@ -3,7 +3,9 @@
 - :func:`search_items` asks a STAC API (pystac-client; bbox/intersects, datetime, ``eo:cloud_cover``
   through ``query``, paging through ``next`` links, retries with exponential back-off on connection
   errors and 5xx/429 answers) or filters a static source (an ItemCollection JSON file or a static
-  ``catalog.json``) by the same criteria.
+  ``catalog.json``) by the same criteria. Every HTTP request goes through :func:`bounded_session`:
+  each attempt ends within ``timeout_s`` all told (a server that never answers or drips bytes cannot
+  hold it), retries are capped, a server's ``Retry-After`` is obeyed up to a cap and logged.
 - :func:`parse_item` turns a STAC item into a small picklable :class:`ItemInfo`; it accepts
   ``proj:epsg`` or ``proj:code`` (pystac >= 1.15 rewrites the former into the latter) and item- or
   asset-level ``proj:transform``/``proj:shape``.
