@@ -14,8 +14,10 @@ reflectance = (DN - 1000) / 10000. NAIP: 4-band RGBN 8-bit aerial imagery (USDA 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from eo_jepa.errors import BandMismatchError, ConfigError, did_you_mean
 
@@ -73,6 +75,10 @@ class Sensor:
     license: str
     mask_asset: dict[str, str] = field(default_factory=dict)  # provider -> quality-mask asset (S2 SCL)
     mask_gsd_m: float | None = None
+    # provider -> further collections of the same product (Earth Search: legacy and collection 1)
+    more_collections: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Sentinel-2 L2A: digital numbers of scenes from processing baseline 04.00 on carry +1000
+    boa_add_offset: bool = False
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -110,6 +116,35 @@ class Sensor:
                 f"{', '.join(sorted(self.collections))}."
             ) from None
 
+    def collections_for(self, provider: str) -> tuple[str, ...]:
+        """Every collection of this product at ``provider`` (the default one first)."""
+        return (self.collection(provider), *self.more_collections.get(provider, ()))
+
+    def offset_for(self, item: Any, harmonize: bool = True) -> tuple[int, str]:
+        """(DN offset to add, what decided it) for a scene; ``item`` is a :class:`eo_jepa.stac.ItemInfo`.
+
+        Sentinel-2 L2A: ``-1000`` for processing baseline >= 04.00 (so every scene shares the
+        pre-04.00 scale), ``0`` before. The baseline comes from ``s2:processing_baseline``, else from
+        the product id (``s2:product_uri`` or the item id, ``_N0509_`` = 05.09), else from the
+        acquisition date (baseline 04.00 began on 2022-01-25); a provider that already removed the
+        offset (``earthsearch:boa_offset_applied: true``) gets ``0``. Other sensors: ``(0, "none")``.
+        """
+        if not self.boa_add_offset:
+            return 0, "none"
+        if not harmonize:
+            return 0, "harmonize=false"
+        if getattr(item, "offset_applied", False):
+            return 0, "provider applied it (earthsearch:boa_offset_applied)"
+        for source, value in (
+            ("s2:processing_baseline", parse_baseline(getattr(item, "baseline", None))),
+            ("s2:product_uri", baseline_from_product_id(getattr(item, "product_uri", None))),
+            ("item id", baseline_from_product_id(getattr(item, "id", None))),
+        ):
+            if value is not None:
+                return (S2_BOA_ADD_OFFSET if value >= S2_OFFSET_BASELINE else 0), source
+        when = str(getattr(item, "datetime", ""))[:10]
+        return (S2_BOA_ADD_OFFSET if when >= S2_OFFSET_START else 0), "acquisition date"
+
 
 def _s2(name: str, label: str, wl: float, bw: float, gsd: float, es: str, desc: str) -> Band:
     return Band(name, label, wl, bw, gsd, {PLANETARY_COMPUTER: label, EARTH_SEARCH: es}, 1, desc)
@@ -133,6 +168,9 @@ SENTINEL2_L2A = Sensor(
         _s2("swir22", "B12", 2202.4, 175, 20, "swir22", "short-wave infrared 2.2 um"),
     ),
     collections={PLANETARY_COMPUTER: "sentinel-2-l2a", EARTH_SEARCH: "sentinel-2-l2a"},
+    # Earth Search's collection 1 (offset not applied; the legacy collection flags what it did)
+    more_collections={EARTH_SEARCH: ("sentinel-2-c1-l2a",)},
+    boa_add_offset=True,
     dtype="uint16",
     nodata=0,
     scale=1e-4,
@@ -216,6 +254,7 @@ SCL_CLASSES = {
 DEFAULT_SCL_MASK = (0, 1, 3, 8, 9, 10)
 
 S2_OFFSET_BASELINE = 4.0  # processing baseline from which BOA_ADD_OFFSET applies
+S2_OFFSET_START = "2022-01-25"  # first acquisitions processed with baseline 04.00
 S2_BOA_ADD_OFFSET = -1000
 
 
@@ -229,13 +268,30 @@ def get_sensor(name: str) -> Sensor:
 
 
 def parse_baseline(value: object) -> float | None:
-    """Processing baseline as a number ('05.09' -> 5.09), or None when absent/unparseable."""
+    """Processing baseline as a number, or None when absent/unparseable.
+
+    '05.09' -> 5.09; the product-id form 'N0509' (or '0509') -> 5.09, 'N0212' -> 2.12, 'N0400' -> 4.0.
+    """
     if value is None:
         return None
+    text = str(value).strip().upper()
+    digits = text[1:] if text.startswith("N") else text
+    if len(digits) == 4 and digits.isdigit():
+        return int(digits) / 100
     try:
-        return float(str(value).strip().lstrip("N"))
+        return float(digits)
     except ValueError:
         return None
+
+
+_PRODUCT_BASELINE = re.compile(r"_N(\d{4})(?=[_.]|$)")
+
+
+def baseline_from_product_id(text: object) -> float | None:
+    """The processing baseline a Sentinel-2 product id encodes ('S2A_MSIL2A_..._N0509_R065_...' ->
+    5.09), or None."""
+    match = _PRODUCT_BASELINE.search(str(text)) if text else None
+    return parse_baseline(match.group(1)) if match else None
 
 
 def s2_offset_for_baseline(baseline: object) -> int:

@@ -7,12 +7,15 @@ Each feature may carry its own ``aoi_id``, ``label``, ``split`` and ``start``/``
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from eo_jepa.chips.config import AoiConfig
 from eo_jepa.errors import DataError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -73,6 +76,15 @@ def load_aois(source: str | Path | Any, cfg: AoiConfig | None = None) -> list[Ao
         gdf, name = source, "AOI table"
     if len(gdf) == 0:
         raise DataError(f"{name} holds no features; add at least one polygon or point.")
+    if gdf.crs is None or gdf.crs.is_geographic:
+        minx, miny, maxx, maxy = gdf.total_bounds
+        if not (-180.0 <= minx <= maxx <= 360.0 and -90.0 <= miny <= maxy <= 90.0):
+            crs = "no CRS" if gdf.crs is None else f"CRS {gdf.crs.to_string()}"
+            raise DataError(
+                f"{name} has {crs} but coordinates up to ({maxx:.0f}, {maxy:.0f}), which are not longitude/"
+                "latitude degrees (metres?); declare its CRS (e.g. `ogr2ogr -a_srs EPSG:32632 out.geojson in.geojson`) "
+                "or write it in EPSG:4326."
+            )
     if gdf.crs is None:
         gdf = gdf.set_crs(4326)
     gdf = gdf.to_crs(4326)
@@ -94,6 +106,8 @@ def load_aois(source: str | Path | Any, cfg: AoiConfig | None = None) -> list[Ao
             geom = _buffer_point(geom, half_width, utm_epsg(geom.centroid.x, geom.centroid.y))
         elif geom.geom_type not in ("Polygon", "MultiPolygon"):
             raise DataError(f"{where} is a {geom.geom_type}; AOIs must be polygons or points.")
+        elif not geom.is_valid:
+            geom = _repair(geom, where)
         split = props.get(cfg.split_property)
         split = cfg.default_split if _is_missing(split) else str(split)
         if split not in SPLITS:
@@ -105,6 +119,27 @@ def load_aois(source: str | Path | Any, cfg: AoiConfig | None = None) -> list[Ao
             raise DataError(f"{where} ends ({end}) before it starts ({start}); swap the dates.")
         out.append(Aoi(aoi_id, geom, start, end, split, None if _is_missing(label) else str(label)))
     return out
+
+
+def _repair(geom: Any, where: str) -> Any:
+    """A self-intersecting (bow-tie) polygon made valid with ``shapely.make_valid`` (same area, its
+    polygonal parts kept), with a warning; DataError when nothing polygonal is left."""
+    import shapely
+    from shapely.geometry import MultiPolygon
+    from shapely.validation import explain_validity
+
+    why = explain_validity(geom)
+    fixed = shapely.make_valid(geom)
+    if fixed.geom_type == "GeometryCollection":
+        parts = [g for g in fixed.geoms if g.geom_type in ("Polygon", "MultiPolygon")]
+        fixed = shapely.unary_union(parts) if parts else MultiPolygon()
+    if fixed.is_empty or fixed.geom_type not in ("Polygon", "MultiPolygon"):
+        raise DataError(
+            f"{where} is not a valid polygon ({why}) and cannot be repaired; redraw it without "
+            "self-intersections."
+        )
+    log.warning("%s is not a valid polygon (%s); repaired with shapely.make_valid", where, why)
+    return fixed
 
 
 def _point_buffer(value: Any, default: float, where: str) -> float:

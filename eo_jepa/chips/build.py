@@ -17,10 +17,12 @@ k+1 is read. Within a task, the windows of a row of adjacent chips are read in o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +34,7 @@ from typing import Any
 from eo_jepa._version import __version__
 from eo_jepa.chips.aois import Aoi, load_aois
 from eo_jepa.chips.config import ChipConfig
-from eo_jepa.chips.grid import Location, plan_locations
+from eo_jepa.chips.grid import Anchor, Location, plan_locations, source_anchor
 from eo_jepa.chips.read import (
     ChipRead,
     ReadError,
@@ -42,6 +44,9 @@ from eo_jepa.chips.read import (
     close_cached_datasets,
     enter_gdal_env,
     forget_checks,
+    forget_down_hosts,
+    host_of,
+    http_options,
     prefetch,
     read_chip,
 )
@@ -57,14 +62,16 @@ from eo_jepa.chips.store import (
 )
 from eo_jepa.config import from_dict, load_config, to_dict
 from eo_jepa.errors import ConfigError, DataError, StacError
-from eo_jepa.stac import ItemInfo, is_api_url, open_client, search_items, sign_href
+from eo_jepa.stac import ItemInfo, dropped_by_collection, is_api_url, open_client, search_items, sign_href
 from eo_jepa.utils.io import atomic_open, atomic_write_json, atomic_write_text
 from eo_jepa.utils.logging import progress_disabled
+from eo_jepa.utils.proc import pool_worker_init
 
 log = logging.getLogger(__name__)
 
 PLAN_NAME = "plan.json"
 PARTIALS = "partials"
+TRANSIENT = "transient"  # index status of a chip whose scenes could not be read right now (network)
 
 
 @dataclass
@@ -79,6 +86,8 @@ class BuildReport:
     seconds: float
     skipped_items: dict[str, str] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
+    transient: int = 0  # chips not built because their scenes could not be read right now (network)
+    transient_hosts: dict[str, str] = field(default_factory=dict)  # host -> first error
 
     @property
     def chips_per_s(self) -> float:
@@ -91,6 +100,12 @@ class BuildReport:
         )
         if self.skipped_items:
             text += f"; {len(self.skipped_items)} unreadable item(s) skipped: {', '.join(sorted(self.skipped_items))}"
+        if self.transient:
+            text += (
+                f"; {self.transient} chip(s) failed transiently (could not be read from "
+                f"{', '.join(sorted(self.transient_hosts))} right now) and were not built: rerun with --resume "
+                "to retry them"
+            )
         return text
 
 
@@ -113,13 +128,17 @@ def _search(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, list
     client = None
     if is_api_url(source):
         client = open_client(
-            source, timeout_s=cfg.stac.timeout_s, retries=cfg.stac.retries, backoff_s=cfg.stac.backoff_s
+            source,
+            timeout_s=cfg.stac.timeout_s,
+            retries=cfg.stac.retries,
+            backoff_s=cfg.stac.backoff_s,
+            max_retry_after_s=cfg.stac.max_retry_after_s,
         )
     out = {}
     for aoi in aois:
         out[aoi.aoi_id] = search_items(
             source,
-            collection=cfg.collection,
+            collection=cfg.collections,
             intersects=mapping(aoi.geometry),
             start=aoi.start,
             end=aoi.end,
@@ -132,6 +151,26 @@ def _search(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, list
     return out
 
 
+def _anchors(found: dict[str, list[ItemInfo]], cfg: ChipConfig) -> dict[str, Anchor] | None:
+    """``grid.snap: source``: per AOI, the pixel grid of its first scene's first band asset (from the
+    item's ``proj:*`` fields); AOIs whose scene has no usable grid keep the UTM grid, with a warning."""
+    if cfg.grid.snap != "source":
+        return None
+    key = asset_groups(cfg.sensor_info, cfg.bands, cfg.stac.provider)[0][0]
+    out: dict[str, Anchor] = {}
+    for aoi_id, items in found.items():
+        asset = items[0].assets.get(key) if items else None
+        anchor = source_anchor(asset.epsg, asset.transform, cfg.gsd_m) if asset is not None else None
+        if anchor is not None:
+            out[aoi_id] = anchor
+        elif items:
+            log.warning(
+                "AOI %s: the %r asset of item %s has no north-up proj:transform/proj:epsg whose pixel size "
+                "divides gsd_m=%g; its chips stay on the UTM grid (resampled)", aoi_id, key, items[0].id, cfg.gsd_m,
+            )  # fmt: skip
+    return out
+
+
 def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, Any]:
     """Search every AOI and lay out the grid; StacError when nothing is found (nothing written)."""
     import numpy as np
@@ -139,10 +178,24 @@ def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, An
     from shapely.geometry import mapping, shape
 
     found = _search(aois, cfg, source)
+    dropped = {} if is_api_url(source) else dropped_by_collection(source, cfg.collections)
+    if dropped:
+        others = ", ".join(f"{n} of {c!r}" for c, n in sorted(dropped.items()))
+        log.warning(
+            "%d item(s) of %s were left out by the collection filter (%s; searched %s); set stac.collection "
+            "to use them", sum(dropped.values()), source, others, ", ".join(cfg.collections),
+        )  # fmt: skip
     if not any(found.values()):
+        wanted = " or ".join(map(repr, cfg.collections))
+        hint = (
+            f"; {sum(dropped.values())} item(s) of other collections were left out ({', '.join(sorted(dropped))}): "
+            "set stac.collection to use them"
+            if dropped
+            else ""
+        )
         raise StacError(
-            f"The STAC search at {source} found no {cfg.collection!r} items for any of the {len(aois)} AOI(s) "
-            f"(cloud cover <= {cfg.stac.max_cloud_cover}); widen the date range, raise "
+            f"The STAC search at {source} found no {wanted} items for any of the {len(aois)} AOI(s) "
+            f"(cloud cover <= {cfg.stac.max_cloud_cover}){hint}; widen the date range, raise "
             "stac.max_cloud_cover or check the collection. Nothing was written."
         )
     items: dict[str, ItemInfo] = {}
@@ -151,7 +204,7 @@ def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, An
         for item in group:
             items.setdefault(item.id, item)
             shapes.setdefault(item.id, shape(item.geometry))
-    locations = plan_locations(aois, cfg.chip_size, cfg.gsd_m)
+    locations = plan_locations(aois, cfg.chip_size, cfg.gsd_m, _anchors(found, cfg))
     footprints = np.array([loc.footprint for loc in locations], dtype=object)
     covers = {i: shapely.intersects(shape, footprints) for i, shape in shapes.items()}  # one call per item
     entries = []
@@ -159,6 +212,12 @@ def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, An
         cands = [i.id for i in found[loc.aoi_id] if covers[i.id][k]]
         entries.append({**loc.to_dict(), "candidates": cands[: cfg.max_candidates]})
     used = sorted({c for e in entries for c in e["candidates"]})
+    for item_id in used:  # say when a fallback decided a scene's offset (recorded per chip as well)
+        offset, source = cfg.sensor_info.offset_for(items[item_id], cfg.harmonize)
+        if source in ("s2:product_uri", "item id", "acquisition date"):
+            log.info(
+                "item %s has no s2:processing_baseline: offset %d decided by its %s", item_id, offset, source
+            )
     return {
         "format": 1,
         "eo_jepa_version": __version__,
@@ -166,6 +225,8 @@ def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, An
         "config": to_dict(cfg),
         "source": source,
         "collection": cfg.collection,
+        "collections": list(cfg.collections),
+        "items_dropped_by_collection": dropped,
         "aois": [
             {
                 "aoi_id": a.aoi_id,
@@ -192,6 +253,11 @@ def _tasks(plan: dict[str, Any]) -> list[list[int]]:
 
 def _journal_path(root: Path, task_id: int) -> Path:
     return root / BUILD_DIR / PARTIALS / f"task-{task_id:06d}.json"
+
+
+def _retry_path(root: Path, task_id: int) -> Path:
+    """Journal of a task that finished with chips that failed transiently (not done: rerun on resume)."""
+    return root / BUILD_DIR / PARTIALS / f"task-{task_id:06d}.retry.json"
 
 
 # --------------------------------------------------------------------------- one task (runs anywhere)
@@ -221,13 +287,19 @@ def _choose(
     cache: SourceCache,
     skipped: dict[str, str],
     probes: dict[tuple[str, str], ChipRead],
+    transient: dict[str, str],
 ) -> list[ChipRead]:
     """The clearest ``dates_per_location`` scenes: score each candidate by its mask, then read bands.
 
     ``probes``: mask-only reads :func:`_prefetch` already made from prefetched windows, by (location
     id, item id); each equals what ``read_chip`` would return here, so it is used instead unless one of
     its assets failed meanwhile (then ``read_chip`` raises the same error it always did).
+    Items that failed to read go to ``skipped`` (bad data) or ``transient`` (unreadable right now).
     """
+
+    def failed(item_id: str, exc: ReadError) -> None:
+        (transient if exc.transient else skipped).setdefault(item_id, str(exc))
+
     scored = []
     for item_id in candidates:
         item = items[item_id]
@@ -236,7 +308,7 @@ def _choose(
             if probe is None or any(h in cache.failed for h in probe.hrefs):
                 probe = read_chip(item, loc, cfg, cache, mask_only=True)
         except ReadError as exc:
-            skipped.setdefault(item_id, str(exc))
+            failed(item_id, exc)
             continue
         scored.append((_score_key(cfg, item, probe), probe))
     scored.sort(key=lambda s: s[0])
@@ -250,7 +322,7 @@ def _choose(
         try:
             chosen.append(read_chip(items[key[-1]], loc, cfg, cache, probe=probe))
         except ReadError as exc:
-            skipped.setdefault(key[-1], str(exc))
+            failed(key[-1], exc)
     return chosen
 
 
@@ -332,7 +404,9 @@ def run_tasks(
     if not specs:
         return []
     writer = ChipWriter(Path(specs[0]["root"]), fsync=specs[0].get("fsync", True))
-    enter_gdal_env()  # stays entered in this thread/worker: keeps GDAL's block cache warm across tasks
+    stac = specs[0]["config"]["stac"]
+    # stays entered in this thread/worker: keeps GDAL's block cache warm across tasks
+    enter_gdal_env(http_options(stac["timeout_s"], stac["retries"], stac["backoff_s"]))
     forget_checks()  # reused handles: files replaced since an earlier build are noticed
     results: list[dict[str, Any]] = []
     commits: list[Any] = []
@@ -358,15 +432,33 @@ def run_tasks(
 
 
 def _write_journal(root: Path, journal: dict[str, Any]) -> dict[str, Any]:
-    """The task's journal entry (its chunks are durable already); the task's result for the driver."""
-    atomic_write_json(_journal_path(root, journal["task_id"]), journal, indent=None)
+    """The task's journal entry (its chunks are durable already); the task's result for the driver.
+
+    A task with chips that failed transiently is journalled as ``task-N.retry.json``: finalize uses
+    it (those chips count as failed transiently), but it is not "done", so ``--resume`` runs it again.
+    """
+    task_id = journal["task_id"]
+    done, retry = _journal_path(root, task_id), _retry_path(root, task_id)
+    if journal["transient"]:
+        atomic_write_json(retry, journal, indent=None)
+    else:
+        atomic_write_json(done, journal, indent=None)
+        retry.unlink(missing_ok=True)
     records = journal["records"]
     return {
-        "task_id": journal["task_id"],
+        "task_id": task_id,
         "chips": len(records),
         "ok": sum(r["status"] == "ok" for r in records),
         "skipped": journal["skipped"],
+        "transient": sum(r["status"] == TRANSIENT for r in records),
+        "transient_hosts": {_host_or_file(m): m for m in journal["transient"].values()},
     }
+
+
+def _host_or_file(message: str) -> str:
+    """The host named by a read error ("cannot open/read HREF: why"), or "local files"."""
+    href = message.split(" ", 2)[-1].split(": ", 1)[0] if message.startswith("cannot ") else ""
+    return host_of(href) or "local files"
 
 
 def _build_task(spec: dict[str, Any], writer: ChipWriter) -> dict[str, Any]:
@@ -376,6 +468,7 @@ def _build_task(spec: dict[str, Any], writer: ChipWriter) -> dict[str, Any]:
     hist = BandHistograms(cfg.band_names, cfg.sensor_info.dtype)
     records: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
+    transient: dict[str, str] = {}
     sign = partial(sign_href, timeout_s=cfg.stac.sign_timeout_s) if cfg.stac.sign == "auto" else None
     dpl = cfg.dates_per_location
     cache = SourceCache(sign)
@@ -384,11 +477,14 @@ def _build_task(spec: dict[str, Any], writer: ChipWriter) -> dict[str, Any]:
     try:
         probes = _prefetch([(loc, e["candidates"]) for loc, e in locs], items, cfg, cache)
         for loc, entry in locs:
-            chosen = _choose(loc, entry["candidates"], items, cfg, cache, skipped, probes)
+            chosen = _choose(loc, entry["candidates"], items, cfg, cache, skipped, probes, transient)
+            retry = [transient[c] for c in entry["candidates"] if c in transient]
             for slot in range(dpl):
                 row = entry["index"] * dpl + slot
                 rec = _record(loc, slot, entry["footprint"])
-                if slot < len(chosen):
+                if retry:  # the choice could differ once the scene reads: nothing kept, retried on --resume
+                    rec.update(status=TRANSIENT, reason=f"transient read failure: {retry[0]}")
+                elif slot < len(chosen):
                     chip = chosen[slot]
                     assert chip.pixels is not None
                     reason = _passes(cfg, chip.cloud_fraction, chip.nodata_fraction)
@@ -399,6 +495,8 @@ def _build_task(spec: dict[str, Any], writer: ChipWriter) -> dict[str, Any]:
                         cloud_fraction=chip.cloud_fraction,
                         nodata_fraction=chip.nodata_fraction,
                         offset=chip.offset,
+                        offset_source=chip.offset_source,
+                        warped=chip.warped,
                     )
                     if reason is None:
                         writer.write(row, chip.pixels, chip.valid)
@@ -415,7 +513,13 @@ def _build_task(spec: dict[str, Any], writer: ChipWriter) -> dict[str, Any]:
                 records.append(rec)
     finally:
         cache.close()
-    return {"task_id": spec["task_id"], "records": records, "skipped": skipped, "stats": hist.to_sparse()}
+    return {
+        "task_id": spec["task_id"],
+        "records": records,
+        "skipped": skipped,
+        "transient": transient,
+        "stats": hist.to_sparse(),
+    }
 
 
 def _record(loc: Location, slot: int, footprint_wkt: str) -> dict[str, Any]:
@@ -436,6 +540,8 @@ def _record(loc: Location, slot: int, footprint_wkt: str) -> dict[str, Any]:
         "cloud_fraction": None,
         "nodata_fraction": None,
         "offset": 0,
+        "offset_source": None,
+        "warped": False,
         "status": "rejected",
         "reason": None,
     }
@@ -521,7 +627,10 @@ def _execute(
     if executor == "thread":
         pool = cf.ThreadPoolExecutor(workers)
     else:
-        pool = cf.ProcessPoolExecutor(workers, mp_context=_process_context())
+        # workers exit when this process dies, even by SIGKILL (else they keep reading for minutes)
+        pool = cf.ProcessPoolExecutor(
+            workers, mp_context=_process_context(), initializer=pool_worker_init, initargs=(os.getpid(),)
+        )
     try:
         futures = [pool.submit(run_tasks, batch) for batch in _batches(specs, workers)]
         for fut in cf.as_completed(futures):
@@ -556,6 +665,9 @@ def build_chips(
     root = Path(out_dir)
     plan_path = root / BUILD_DIR / PLAN_NAME
     if resume and plan_path.is_file():
+        removed = remove_temp_files(root)
+        if removed:
+            log.info("removed %d temporary file(s) an interrupted build left in %s", removed, root)
         plan = json.loads(plan_path.read_text())
         if plan["config"] != to_dict(cfg):
             raise ConfigError(
@@ -577,6 +689,7 @@ def build_chips(
             )
         aoi_list = aois if isinstance(aois, list) and all(isinstance(a, Aoi) for a in aois) else None
         aoi_list = aoi_list or load_aois(aois, cfg.aoi)
+        check_writable(root)  # before the search: a bad --out must not cost a STAC search first
         plan = make_plan(aoi_list, cfg, stac or cfg.stac.url)
         n_rows = len(plan["locations"]) * cfg.dates_per_location
         create_arrays(root, n_rows, len(cfg.bands), cfg.chip_size, cfg.sensor_info.dtype)
@@ -584,8 +697,9 @@ def build_chips(
         atomic_write_json(plan_path, plan, indent=None)  # written last: plan present => arrays exist
 
     tasks = _tasks(plan)
+    forget_down_hosts()  # inline/thread workers share this process: a host down last time may be back
     dpl = plan["config"]["dates_per_location"]
-    pending = [t for t, _ in enumerate(tasks) if not _journal_path(root, t).is_file()]
+    pending = [t for t, _ in enumerate(tasks) if not _journal_path(root, t).is_file()]  # retry ones too
     done_chips = sum(len(m) for t, m in enumerate(tasks) if t not in set(pending)) * dpl
     total = len(plan["locations"]) * dpl
     specs = [_task_spec(root, plan, t, tasks[t], fsync) for t in pending]
@@ -598,11 +712,18 @@ def build_chips(
     with tqdm(
         total=total, initial=done_chips, unit="chip", desc="chips", disable=progress_disabled(), smoothing=0.1
     ) as bar:
+        said: set[str] = set()
 
         def on_done(result: dict[str, Any]) -> None:
             bar.update(result["chips"])
             for item_id, why in result["skipped"].items():
                 log.warning("skipped item %s: %s", item_id, why)
+            for host, why in result.get("transient_hosts", {}).items():
+                if host not in said:  # once per host, not once per task
+                    said.add(host)
+                    log.warning(
+                        "reads from %s are failing (%s); those chips are left for --resume", host, why
+                    )
 
         try:
             _execute(specs, workers=workers or 1, scheduler=scheduler, executor=cfg.executor, on_done=on_done)
@@ -612,6 +733,48 @@ def build_chips(
     report.tasks, report.tasks_run, report.tasks_resumed = len(tasks), len(pending), len(tasks) - len(pending)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+# Temporary files of writes cut short: atomic writes (".NAME.XXXX.tmp") and chunks (".NAME.PID.TID.partial")
+_TEMP_SUFFIXES = (".tmp", ".partial")
+
+
+def remove_temp_files(root: Path) -> int:
+    """Delete the temporary files an interrupted build left under ``root``; how many were removed."""
+    removed = 0
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIXES):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed += 1
+    return removed
+
+
+def check_writable(root: Path) -> None:
+    """DataError (one sentence) unless ``root`` can be created and written; leaves nothing behind."""
+    import tempfile
+
+    made: list[Path] = []
+    try:
+        for folder in reversed([root, *root.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise DataError(
+            f"--out {str(root)!r} cannot be written ({exc.strerror or exc}); choose a folder you can write to."
+        ) from None
+    finally:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = None) -> BuildReport:
@@ -628,8 +791,11 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
     hist = BandHistograms(bands, sensor.dtype)
     records: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
+    transient: dict[str, str] = {}
     for task_id in range(len(_tasks(plan))):
         journal = _journal_path(root, task_id)
+        if not journal.is_file():
+            journal = _retry_path(root, task_id)
         if not journal.is_file():
             raise DataError(
                 f"Task {task_id} of {str(root)!r} has not finished; rerun the build with --resume."
@@ -638,7 +804,10 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
         records.extend(part["records"])
         for k, v in part["skipped"].items():
             skipped.setdefault(k, v)
+        for v in part.get("transient", {}).values():
+            transient.setdefault(_host_or_file(v), v)
         hist.merge_sparse(part["stats"])
+    _check_usable(root, records, skipped, transient)
 
     frame = pd.DataFrame.from_records(records)
     frame["datetime"] = pd.to_datetime(frame["datetime"], utc=True, format="ISO8601")
@@ -656,18 +825,24 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
     atomic_write_json(root / STATS_NAME, stats)
 
     ok = index[index["status"] == "ok"]
-    reasons = index.loc[index["status"] != "ok", "reason"].fillna("unknown")
+    n_transient = int((index["status"] == TRANSIENT).sum())
+    reasons = index.loc[index["status"] == "rejected", "reason"].fillna("unknown")
     reasons = reasons.str.replace(r"\s[\d.]+ > ", " > ", regex=True).value_counts().to_dict()
     counts = {
         "planned": len(index),
         "ok": len(ok),
-        "rejected": len(index) - len(ok),
+        "rejected": len(index) - len(ok) - n_transient,
+        "failed_transiently": n_transient,
         "locations": len(plan["locations"]),
         "ok_by_split": {s: int((ok["split"] == s).sum()) for s in ("train", "val", "test")},
         "rejected_by_reason": {str(k): int(v) for k, v in reasons.items()},
         "items": len(plan["items"]),
         "items_skipped": len(skipped),
     }
+    offsets = ok.groupby(["offset", "offset_source"], dropna=False).size() if len(ok) else {}
+    harmonisation = [
+        {"offset": int(off), "source": str(src), "chips": int(n)} for (off, src), n in dict(offsets).items()
+    ]
     dataset = {
         "format": 1,
         "sensor": sensor.name,
@@ -681,6 +856,11 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
         "source": plan["source"],
         "collection": plan["collection"],
         "skipped_items": skipped,
+        # the offsets actually applied to the ok chips, and what decided them (Sensor.offset_for)
+        "harmonisation": harmonisation,
+        # chips with a band reprojected/resampled onto the chip grid (not exact source pixels)
+        "grid": {"snap": cfg.grid.snap, "warped_chips": int(ok["warped"].sum()) if len(ok) else 0},
+        "items_dropped_by_collection": plan.get("items_dropped_by_collection", {}),
         "eo_jepa_version": plan["eo_jepa_version"],
         "created": plan["created"],
     }
@@ -700,4 +880,40 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
         seconds=0.0,
         skipped_items=skipped,
         reasons=counts["rejected_by_reason"],
+        transient=n_transient,
+        transient_hosts=transient,
+    )
+
+
+def _check_usable(
+    root: Path, records: list[dict[str, Any]], skipped: dict[str, str], transient: dict[str, str]
+) -> None:
+    """DataError (one sentence: the per-reason counts, an example failure) when no chip is usable;
+    raised before the index, stats or ``dataset.json`` are written, so nothing looks finished."""
+    if any(r["status"] == "ok" for r in records):
+        return
+    import re
+    from collections import Counter
+
+    reasons = Counter(
+        "failed transiently"
+        if r["status"] == TRANSIENT
+        else re.sub(r"\s[\d.]+ > ", " > ", r["reason"] or "unknown")
+        for r in records
+    )
+    causes = ", ".join(f"{n} x {why}" for why, n in reasons.most_common())
+    if transient:
+        host, why = next(iter(transient.items()))
+        hint = f"reads from {host} failed ({why}); rerun with --resume once it answers"
+    elif skipped:
+        item, why = next(iter(skipped.items()))
+        hint = (
+            f"e.g. item {item}: {why}; check the hrefs, stac.sign (Planetary Computer hrefs need signing) "
+            "and the band assets, then build again"
+        )
+    else:
+        hint = "loosen max_cloud_fraction / max_nodata_fraction or widen the date range, then build again"
+    raise DataError(
+        f"No usable chip was built in {str(root)!r} ({causes}): {hint}. No index, stats or dataset.json "
+        "were written."
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from eo_jepa.bands import get_sensor
+from eo_jepa.bands import Sensor, get_sensor
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "data_cards" / "TEMPLATE.md"
 _FALLBACK = "---\n{{front_matter}}\n---\n\n# Data card: {{name}}\n\n{{aois_table}}\n\n{{stats_table}}\n"
@@ -25,17 +25,28 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _processing(cfg: dict[str, Any], sensor_name: str) -> str:
+def _harmonisation(cfg: dict[str, Any], applied: list[dict[str, Any]]) -> str:
+    """What was done to the chips' digital numbers: only offsets that were applied, with their source."""
+    if not cfg["harmonize"]:
+        return "none (harmonize=false: scales of scenes before/after processing baseline 04.00 differ)"
+    shifted = [a for a in applied if a["offset"]]
+    kept = sum(a["chips"] for a in applied if not a["offset"])
+    if not shifted:
+        return f"no offset was applied to any chip ({kept} chips from scenes that needed none)"
+    by = "; ".join(f"{a['chips']} by {a['source']}" for a in shifted)
+    return (
+        f"{-shifted[0]['offset']} subtracted (then clipped at 0) from {sum(a['chips'] for a in shifted)} chips "
+        f"of processing baseline >= 04.00 scenes, so all chips share the pre-04.00 scale (baseline decided {by}); "
+        f"{kept} chips needed no offset"
+    )
+
+
+def _processing(cfg: dict[str, Any], sensor: Sensor, applied: list[dict[str, Any]] | None) -> str:
     lines = []
-    if sensor_name == "sentinel-2-l2a":
-        harm = (
-            "subtracted 1000 from scenes with processing baseline >= 04.00 (then clipped at 0), so all chips "
-            "share the pre-04.00 scale"
-            if cfg["harmonize"]
-            else "no baseline harmonisation (scales of scenes before/after baseline 04.00 differ)"
-        )
+    if sensor.boa_add_offset:
+        lines.append(f"- Harmonisation: {_harmonisation(cfg, applied or [])}.")
+    if sensor.mask_asset:
         lines += [
-            f"- Harmonisation: {harm}.",
             f"- Mask: SCL classes {cfg['mask_classes']} are invalid (SCL 0 is always no data); SCL is "
             "resampled from 20 m with nearest neighbour.",
             f"- Bands coarser than the chip grid resampled with `{cfg['resampling']}`.",
@@ -47,6 +58,23 @@ def _processing(cfg: dict[str, Any], sensor_name: str) -> str:
         f"{cfg['max_nodata_fraction']} are kept in the index as rejected, with the reason.",
     ]
     return "\n".join(lines)
+
+
+def _grid_line(grid: dict[str, Any] | None, ok: int, resampling: str) -> str:
+    if grid is None:
+        return ""
+    snap = "the source's pixel grid" if grid["snap"] == "source" else "a UTM grid of whole chip spans"
+    warped = grid["warped_chips"]
+    if not warped:
+        return (
+            f"\n- Grid: chips lie on {snap}; no chip was reprojected (pixels are source pixels, bands "
+            "coarser than the chip grid aside)."
+        )
+    return (
+        f"\n- Grid: chips lie on {snap}; {warped} of {ok} chips were reprojected/resampled onto it with "
+        f"`{resampling}` (source in another CRS or off the chip lattice; `grid.snap: source` keeps "
+        "same-CRS sources exact)."
+    )
 
 
 def render_card(dataset: dict[str, Any], stats: dict[str, Any], plan: dict[str, Any]) -> str:
@@ -77,6 +105,8 @@ def render_card(dataset: dict[str, Any], stats: dict[str, Any], plan: dict[str, 
             for a in plan["aois"]
         ],
         "counts": counts,
+        "harmonisation": dataset.get("harmonisation", []),
+        "grid": dataset.get("grid"),
         "stats": {b: {k: v for k, v in s.items()} for b, s in stats["bands"].items()},
     }
     aoi_rows = ["| aoi_id | label | split | dates | bbox (lon/lat) | items |", "|---|---|---|---|---|---|"]
@@ -115,7 +145,8 @@ def render_card(dataset: dict[str, Any], stats: dict[str, Any], plan: dict[str, 
         "splits": ", ".join(f"{k} {v}" for k, v in counts["ok_by_split"].items()),
         "reasons": ", ".join(f"{k}: {v}" for k, v in counts["rejected_by_reason"].items()) or "none",
         "skipped": ", ".join(sorted(dataset["skipped_items"])) or "none",
-        "processing": _processing(cfg, sensor.name),
+        "processing": _processing(cfg, sensor, dataset.get("harmonisation"))
+        + _grid_line(dataset.get("grid"), counts["ok"], cfg["resampling"]),
         "aois_table": "\n".join(aoi_rows),
         "stats_table": "\n".join(stat_rows),
     }

@@ -34,7 +34,11 @@ def build(
         None, "--card-dir", help="Also copy the data card here (default: ./data_cards when it exists)."
     ),
 ) -> None:
-    """Build a chip dataset. Trailing key=value arguments override config keys (e.g. chip_size=128)."""
+    """Build a chip dataset. Trailing key=value arguments override config keys (e.g. chip_size=128).
+
+    Exit status: 0 built; 2 bad input or no usable chip (one sentence on stderr); 3 built, but some
+    chips could not be read right now (network) and were left out: rerun with --resume to retry them.
+    """
     from eo_jepa.chips.build import build_chips
 
     if card_dir is None and Path("data_cards").is_dir():
@@ -51,6 +55,8 @@ def build(
         overrides=list(ctx.args),
     )
     typer.echo(report.summary())
+    if report.transient:  # a usable but incomplete store: say so in the exit status too
+        raise typer.Exit(3)
 
 
 @chips_app.command("info")
@@ -73,6 +79,10 @@ def info(root: Path = typer.Argument(..., help="A chip store folder.")) -> None:
     )
     for reason, n in counts["rejected_by_reason"].items():
         typer.echo(f"rejected: {n} x {reason}")
+    if counts.get("failed_transiently"):
+        typer.echo(
+            f"failed transiently (network): {counts['failed_transiently']}; `chips build --resume` retries them"
+        )
     if meta.get("skipped_items"):
         typer.echo(f"skipped items: {', '.join(sorted(meta['skipped_items']))}")
     typer.echo(f"{'band':<10}{'mean':>10}{'std':>10}{'p2':>8}{'p98':>8}{'count':>12}")

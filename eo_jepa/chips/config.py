@@ -31,9 +31,11 @@ class StacConfig:
     max_cloud_cover: float | None = 60.0  # scene-level eo:cloud_cover limit (percent), sent as `query`
     page_size: int = 100  # items per page (the API pages with `next` links)
     max_items_per_aoi: int | None = 500
-    timeout_s: float = 30.0  # per HTTP request
-    retries: int = 4  # on connection errors and 5xx/429 answers, with exponential back-off
+    # Bound on each HTTP attempt, all of it (connect, headers, body): STAC requests and COG reads.
+    timeout_s: float = 30.0
+    retries: int = 4  # on connection errors, timeouts and 5xx/429 answers, with exponential back-off
     backoff_s: float = 0.5
+    max_retry_after_s: float = 60.0  # cap on a server's Retry-After wait (STAC requests)
     # "auto": sign *.blob.core.windows.net hrefs (Planetary Computer) just before reading them.
     sign: Literal["auto", "never"] = "auto"
     sign_timeout_s: float = 10.0  # bound on the SAS-token request
@@ -65,6 +67,17 @@ class AoiConfig:
 
 
 @dataclass
+class GridConfig:
+    """Where chip edges lie."""
+
+    # "utm": a global grid per UTM zone (the AOI centroid's), origins on whole chip spans: the same
+    # place always gets the same location_id. "source": the CRS and pixel lattice of the AOI's first
+    # scene, so chips of same-CRS sources (NAIP tiles in their own UTM zone) are exact source pixels
+    # instead of resampled ones; needs gsd_m to be a whole multiple of the source pixel size.
+    snap: Literal["utm", "source"] = "utm"
+
+
+@dataclass
 class ChipConfig:
     """One chip build: sensor, bands, chip grid, scene choice, filters and parallelism."""
 
@@ -75,6 +88,7 @@ class ChipConfig:
     gsd_m: float = 10.0  # chip pixel size in metres (UTM grid)
     stac: StacConfig = field(default_factory=StacConfig)
     aoi: AoiConfig = field(default_factory=AoiConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
     # Quality-mask classes that mark a pixel invalid (Sentinel-2 SCL; ignored for sensors without one).
     mask_classes: list[int] = field(default_factory=lambda: list(DEFAULT_SCL_MASK))
     harmonize: bool = True  # Sentinel-2: subtract 1000 from baseline >= 04.00 scenes, clip at 0
@@ -116,3 +130,11 @@ class ChipConfig:
     @property
     def collection(self) -> str:
         return self.stac.collection or self.sensor_info.collection(self.stac.provider)
+
+    @property
+    def collections(self) -> tuple[str, ...]:
+        """The collections searched: ``stac.collection`` when set, else every collection of the
+        sensor at the provider (Earth Search: ``sentinel-2-l2a`` and ``sentinel-2-c1-l2a``)."""
+        if self.stac.collection:
+            return (self.stac.collection,)
+        return self.sensor_info.collections_for(self.stac.provider)

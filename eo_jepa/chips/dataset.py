@@ -32,6 +32,7 @@ class ChipDataset(_Base):  # type: ignore[misc,valid-type]
         self, root: str | Path, split: str | None = None, *, bands: Sequence[str] | None = None
     ) -> None:
         import geopandas as gpd
+        import pandas as pd
 
         self.root = Path(root)
         self.info = read_dataset_json(self.root)
@@ -60,7 +61,8 @@ class ChipDataset(_Base):  # type: ignore[misc,valid-type]
             index = index[index["split"] == split]
         self.index = index.reset_index(drop=True)
         self._rows = self.index["row"].to_numpy(dtype=np.int64)
-        self.labels: list[str | None] = [None if v is None or v != v else str(v) for v in self.index["label"]]
+        # labels are optional: an unlabelled AOI gives None (pandas stores it as NA, which has no truth value)
+        self.labels: list[str | None] = [None if pd.isna(v) else str(v) for v in self.index["label"]]
         self._arrays: tuple[Any, Any] | None = None
 
     def __len__(self) -> int:

@@ -11,12 +11,15 @@ The UTM zone of a chip is that of its AOI's centroid.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from eo_jepa.chips.aois import Aoi
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=32)
@@ -79,35 +82,81 @@ class Location:
         return cls(**{**data, "footprint": wkt.loads(data["footprint"])})
 
 
-def plan_locations(aois: Sequence[Aoi], chip_size: int, gsd_m: float) -> list[Location]:
+@dataclass(frozen=True)
+class Anchor:
+    """Where an AOI's chip grid lies when it is snapped to a source's pixel grid (``grid.snap: source``):
+    the source's CRS, and the offset of its pixel lattice from whole multiples of the chip span."""
+
+    epsg: int
+    x_offset: float
+    y_offset: float
+
+
+def source_anchor(epsg: int | None, transform: Sequence[float] | None, gsd_m: float) -> Anchor | None:
+    """The :class:`Anchor` putting chip edges on the pixel edges of a north-up raster with ``transform``
+    in ``epsg``; None when that cannot make pixels exact (rotated, unknown, or ``gsd_m`` not a whole
+    multiple of the source pixel size)."""
+    if (
+        epsg is None
+        or not transform
+        or transform[1] != 0
+        or transform[3] != 0
+        or transform[4] != -transform[0]
+    ):
+        return None
+    res = float(transform[0])
+    ratio = gsd_m / res
+    if res <= 0 or abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
+        return None
+    return Anchor(int(epsg), float(transform[2]) % res, float(transform[5]) % res)
+
+
+def _coord(value: float) -> str:
+    return str(round(value)) if abs(value - round(value)) < 1e-6 else f"{value:.3f}"
+
+
+def plan_locations(
+    aois: Sequence[Aoi], chip_size: int, gsd_m: float, anchors: dict[str, Anchor] | None = None
+) -> list[Location]:
     """Grid cells intersecting each AOI, in AOI order then north-to-south, west-to-east.
 
-    A cell claimed by an earlier AOI is not repeated for a later one.
+    ``anchors``: per AOI id, a source grid to snap to (its CRS and pixel lattice) instead of the UTM
+    zone of the AOI's centroid with origins on whole chip spans.
+
+    A cell claimed by an earlier AOI is not repeated for a later one: its chips are built once, for
+    the first AOI's date range. A later AOI over the same cells with another date range is warned
+    about (its chips there would be the first AOI's dates); use separate builds for separate periods.
     """
     import numpy as np
     import shapely
 
     span = chip_size * gsd_m
-    seen: set[str] = set()
+    seen: dict[str, Aoi] = {}
     out: list[Location] = []
     for aoi in aois:
+        anchor = (anchors or {}).get(aoi.aoi_id)
         centroid = aoi.geometry.centroid
-        epsg = utm_epsg(centroid.x, centroid.y)
+        epsg = anchor.epsg if anchor else utm_epsg(centroid.x, centroid.y)
+        ox, oy = (anchor.x_offset, anchor.y_offset) if anchor else (0.0, 0.0)
         geom = reproject_geometry(aoi.geometry, 4326, epsg)
         minx, miny, maxx, maxy = geom.bounds
-        ix0, ix1 = math.floor(minx / span), math.ceil(maxx / span)
-        iy0, iy1 = math.floor(miny / span), math.ceil(maxy / span)
+        ix0, ix1 = math.floor((minx - ox) / span), math.ceil((maxx - ox) / span)
+        iy0, iy1 = math.floor((miny - oy) / span), math.ceil((maxy - oy) / span)
         # every cell of the AOI's bounding box at once, north to south then west to east
         iy, ix = np.meshgrid(np.arange(iy1 - 1, iy0 - 1, -1), np.arange(ix0, ix1), indexing="ij")
-        x0s, y0s = (ix.ravel() * span).astype(float), ((iy.ravel() + 1) * span).astype(float)
+        x0s, y0s = (ix.ravel() * span + ox).astype(float), ((iy.ravel() + 1) * span + oy).astype(float)
         cells = shapely.box(x0s, y0s - span, x0s + span, y0s)
         keep = shapely.area(shapely.intersection(cells, geom)) > 0
         footprints = reproject_geometry(shapely.segmentize(cells[keep], span / 8), epsg, 4326)
+        shared: dict[str, tuple[Aoi, int]] = {}  # earlier AOI (other dates) -> cells it claimed
         for x0, y0, footprint in zip(x0s[keep].tolist(), y0s[keep].tolist(), footprints, strict=True):
-            loc_id = f"{epsg}_{gsd_m:g}m_{chip_size}_{round(x0)}_{round(y0)}"
-            if loc_id in seen:
+            loc_id = f"{epsg}_{gsd_m:g}m_{chip_size}_{_coord(x0)}_{_coord(y0)}"
+            first = seen.get(loc_id)
+            if first is not None:
+                if (first.start, first.end) != (aoi.start, aoi.end):
+                    shared[first.aoi_id] = (first, shared.get(first.aoi_id, (first, 0))[1] + 1)
                 continue
-            seen.add(loc_id)
+            seen[loc_id] = aoi
             out.append(
                 Location(
                     location_id=loc_id,
@@ -124,4 +173,10 @@ def plan_locations(aois: Sequence[Aoi], chip_size: int, gsd_m: float) -> list[Lo
                     footprint=footprint,
                 )
             )
+        for other, n in shared.values():
+            log.warning(
+                "AOI %s (%s to %s) shares %d chip location(s) with AOI %s (%s to %s), which claimed them first: "
+                "they are built once, with AOI %s's dates; build the other period separately to get both",
+                aoi.aoi_id, aoi.start, aoi.end, n, other.aoi_id, other.start, other.end, other.aoi_id,
+            )  # fmt: skip
     return out

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
-from eo_jepa.bands import Sensor, s2_offset_for_baseline
+from eo_jepa.bands import Sensor
 from eo_jepa.chips.config import ChipConfig
 from eo_jepa.chips.grid import Location
 from eo_jepa.stac import ItemInfo
@@ -52,13 +55,65 @@ GDAL_ENV = {
 
 
 class ReadError(Exception):
-    """An asset could not be opened or decoded (corrupt, truncated or unreachable COG)."""
+    """An asset could not be opened or decoded (corrupt, truncated or unreachable COG).
+
+    ``transient``: the failure says "unreadable right now" (a timeout, a refused or reset connection,
+    HTTP 429/5xx), not "bad data" (corrupt file, 404, missing asset): the build retries such chips
+    on ``--resume`` instead of recording them as rejected.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# GDAL/curl messages of failures that may succeed later (network, overload), not of bad data.
+_TRANSIENT = re.compile(
+    r"CURL error|HTTP response code: (?:408|429|5\d\d)|timed? ?out|Could not resolve|Couldn't connect|"
+    r"Connection (?:refused|reset)|Failed to connect|Empty reply",
+    re.IGNORECASE,
+)
+
+
+def is_transient(message: str) -> bool:
+    return _TRANSIENT.search(message) is not None
+
+
+def http_options(timeout_s: float, retries: int, backoff_s: float) -> dict[str, str]:
+    """GDAL's HTTP settings for COG reads from the build's ``stac`` config: every transfer bounded
+    (curl's total timeout: a dripping host cannot stretch it), a bounded number of retries."""
+    seconds = str(max(1, math.ceil(timeout_s)))  # GDAL reads whole seconds
+    return {
+        "GDAL_HTTP_TIMEOUT": seconds,
+        "GDAL_HTTP_CONNECTTIMEOUT": seconds,
+        "GDAL_HTTP_MAX_RETRY": str(int(retries)),
+        "GDAL_HTTP_RETRY_DELAY": f"{backoff_s:g}",
+    }
 
 
 def gdal_env(**extra: Any) -> Any:
     import rasterio
 
     return rasterio.Env(**{**GDAL_ENV, **extra})
+
+
+# Hosts whose reads failed transiently in this process: (monotonic time, message) by scheme://host.
+# Their other hrefs fail fast (as transient) for HOST_DOWN_S instead of each waiting for a timeout.
+_DOWN_HOSTS: dict[str, tuple[float, str]] = {}
+HOST_DOWN_S = 30.0
+
+
+def forget_down_hosts() -> None:
+    """Try every host again (a new build in this process: a host down during the last one may be back)."""
+    _DOWN_HOSTS.clear()
+
+
+def host_of(href: str) -> str | None:
+    """scheme://host[:port] of a URL (the unit a network failure is reported in); None for files."""
+    if "://" not in href:
+        return None
+    parsed = urlparse(href)
+    return f"{parsed.scheme}://{parsed.netloc}"
 
 
 _HANDLES = threading.local()  # per-thread LRU of open datasets, reused across tasks
@@ -95,17 +150,21 @@ def _file_stamp(href: str) -> tuple[int, int] | None:
 _ENV = threading.local()  # per-thread GDAL settings kept entered between tasks
 
 
-def enter_gdal_env() -> None:
-    """Enter the builder's GDAL settings in this thread and keep them until :func:`close_cached_datasets`.
+def enter_gdal_env(http: dict[str, str] | None = None) -> None:
+    """Enter the builder's GDAL settings (``http``: :func:`http_options`) in this thread and keep them
+    until :func:`close_cached_datasets`.
 
     Leaving a ``rasterio.Env`` restores ``GDAL_CACHEMAX``, which empties GDAL's block cache; with one
     Env per task, COG blocks shared by neighbouring tasks (a 256 px block holds four 128 px chips)
     would be decoded again by every task. Kept entered, a decoded block serves every chip in it.
     """
+    http = http or {}
+    if getattr(_ENV, "env", None) is not None and getattr(_ENV, "http", None) != http:
+        close_cached_datasets()  # another build's settings: handles opened under the old ones go too
     if getattr(_ENV, "env", None) is None:
-        env = gdal_env()
+        env = gdal_env(**http)
         env.__enter__()
-        _ENV.env = env
+        _ENV.env, _ENV.http = env, http
 
 
 def _checks() -> dict[str, float]:
@@ -150,7 +209,7 @@ class SourceCache:
         self._open = _handles()
         self._epsg = _epsg_codes()
         self._checked = _checks()
-        self.failed: dict[str, str] = {}
+        self.failed: dict[str, ReadError] = {}
         # (href, band indexes, resampling) -> (data (k, size, width), {location_id: first column}):
         # windows of several chips read at once by :func:`prefetch`, for this task only
         self._windows: dict[tuple[str, tuple[int, ...], str], tuple[np.ndarray, dict[str, int]]] = {}
@@ -170,7 +229,18 @@ class SourceCache:
         from rasterio.errors import RasterioError
 
         if href in self.failed:
-            raise ReadError(self.failed[href])
+            raise self.failed[href]
+        host = host_of(href)
+        down = _DOWN_HOSTS.get(host) if host is not None else None
+        if down is not None:
+            if time.monotonic() - down[0] < HOST_DOWN_S:
+                error = ReadError(
+                    f"cannot open {href}: host {host} is not answering ({down[1]})", transient=True
+                )
+                if remember_failure:
+                    self.failed[href] = error
+                raise error
+            _DOWN_HOSTS.pop(host, None)
         entry = self._open.get(href)
         now = time.monotonic()
         if entry is not None and now - self._checked.get(href, -RECHECK_S) >= RECHECK_S:
@@ -182,10 +252,12 @@ class SourceCache:
             try:
                 ds = rasterio.open(self._sign(href))
             except (RasterioError, OSError) as exc:
-                message = f"cannot open {href}: {exc}"
+                error = ReadError(f"cannot open {href}: {exc}", transient=is_transient(str(exc)))
+                if error.transient and host is not None:
+                    _DOWN_HOSTS[host] = (time.monotonic(), str(exc))
                 if remember_failure:
-                    self.failed[href] = message
-                raise ReadError(message) from None
+                    self.failed[href] = error
+                raise error from None
             entry = self._open[href] = (ds, time.monotonic(), _file_stamp(href))
             self._checked[href] = entry[1]
             while len(self._open) > MAX_OPEN:
@@ -203,9 +275,13 @@ class SourceCache:
         if entry is not None:
             entry[0].close()
 
-    def fail(self, href: str, message: str) -> None:
-        self.failed[href] = message
+    def fail(self, href: str, error: ReadError | str) -> None:
+        error = ReadError(error) if isinstance(error, str) else error
+        self.failed[href] = error
         self._drop(href)
+        host = host_of(href)
+        if error.transient and host is not None:
+            _DOWN_HOSTS[host] = (time.monotonic(), str(error))
 
     def window(self, href: str, indexes: list[int], resampling: str, loc: Location) -> np.ndarray | None:
         """The chip window of ``loc`` from a :func:`prefetch` of ``href`` (a view), else None.
@@ -213,7 +289,7 @@ class SourceCache:
         ReadError when ``href`` failed earlier in the task, exactly as a fresh read would raise.
         """
         if href in self.failed:
-            raise ReadError(self.failed[href])
+            raise self.failed[href]
         hit = self._windows.get((href, tuple(indexes), resampling))
         if hit is None or loc.location_id not in hit[1]:
             return None
@@ -407,6 +483,8 @@ class ChipRead:
     nodata_fraction: float
     hrefs: list[str]
     offset: int
+    offset_source: str = "none"  # what decided the offset (see Sensor.offset_for)
+    warped: bool = False  # a band was reprojected/resampled through a WarpedVRT (not read on its own grid)
     mask: tuple[np.ndarray, np.ndarray] | None = None  # (no data, cloud) from the quality mask, for reuse
 
     @property
@@ -480,6 +558,7 @@ def _read_chip(
     provider = cfg.stac.provider
     size = loc.size
     hrefs: list[str] = list(probe.hrefs) if probe is not None and probe.mask is not None else []
+    warped: list[str] = []
 
     def asset_href(key: str) -> str:
         asset = item.assets.get(key)
@@ -498,11 +577,13 @@ def _read_chip(
         ds = cache.open(href)
         try:
             t, epsg = cache.geo(href, ds)
+            if _aligned_window(t, epsg, loc) is None:
+                warped.append(key)  # another CRS or off the chip grid's lattice: reprojected/resampled
             return read_to_grid(ds, indexes, loc, resampling, epsg=epsg, transform=t)
         except (RasterioError, OSError) as exc:
-            message = f"cannot read {href}: {exc}"
-            cache.fail(href, message)
-            raise ReadError(message) from None
+            error = ReadError(f"cannot read {href}: {exc}", transient=is_transient(str(exc)))
+            cache.fail(href, error)
+            raise error from None
 
     full = _all_covered(size)
     mask_key = sensor.mask_asset.get(provider)
@@ -518,7 +599,7 @@ def _read_chip(
         mask = (no_scl, _cloud_lut(tuple(cfg.mask_classes))[scl])
     nodata = mask[0] if mask is not None else np.zeros((size, size), dtype=bool)  # not written to
     pixels = None
-    offset = 0
+    offset, offset_source = 0, "none"
     if not (mask_only and mask_key is not None):
         raw = np.empty((len(cfg.bands), size, size), dtype=sensor.dtype)  # every band is assigned
         for key, indexes, positions in asset_groups(sensor, cfg.bands, provider):
@@ -531,8 +612,7 @@ def _read_chip(
                 nodata = nodata | ~covered
         if sensor.nodata is not None:
             nodata = nodata | (raw == sensor.nodata).any(axis=0)
-        if sensor.name == "sentinel-2-l2a" and cfg.harmonize and not item.offset_applied:
-            offset = s2_offset_for_baseline(item.baseline)
+        offset, offset_source = sensor.offset_for(item, cfg.harmonize)
         if offset < 0:  # DN - |offset|, clipped at 0, without leaving the unsigned dtype (in place)
             pixels = np.maximum(raw, -offset, out=raw)
             pixels -= raw.dtype.type(-offset)
@@ -552,5 +632,7 @@ def _read_chip(
         nodata_fraction=np.count_nonzero(nodata) / n,
         hrefs=hrefs,
         offset=offset,
+        offset_source=offset_source,
+        warped=bool(warped) and pixels is not None,
         mask=mask,
     )

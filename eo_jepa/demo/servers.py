@@ -30,6 +30,8 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from eo_jepa.utils.proc import die_with_parent
+
 log = logging.getLogger(__name__)
 
 _INSTALL_HINT = "install PostgreSQL 15 + PostGIS 3 (`bash .ci/system-deps`, Debian packages postgresql-15 postgresql-15-postgis-3)"
@@ -40,18 +42,7 @@ _INSTALL_HINT = "install PostgreSQL 15 + PostGIS 3 (`bash .ci/system-deps`, Debi
 # --------------------------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: on Linux, SIGTERM this child when the process that started it dies (even by SIGKILL).
-
-    Linux ties this to the *thread* that started the child: start the servers from a thread that
-    outlives their use (the main thread, as pytest fixtures and scripts do).
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+_die_with_parent = die_with_parent  # preexec_fn of the server processes
 
 
 def _range_handler(root: str) -> Any:
@@ -104,6 +95,121 @@ def range_http_server(
                 f"The range HTTP server for {root} failed to start (exit status {proc.poll()})."
             )
         yield f"http://{host}:{int(line)}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Misbehaving servers: the faults real networks have, for tests of bounded waits
+# --------------------------------------------------------------------------------------------------
+
+FAULTS = ("blackhole", "drip", "retry-after", "switch")
+
+
+def _fault_handler(fault: str, options: Mapping[str, Any]) -> Any:
+    from http.server import BaseHTTPRequestHandler
+
+    from RangeHTTPServer import RangeRequestHandler
+
+    root = options.get("root")
+    flag = options.get("down_flag")
+
+    class Handler(RangeRequestHandler if root else BaseHTTPRequestHandler):  # type: ignore[misc,valid-type]
+        protocol_version = "HTTP/1.1"
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if root:
+                kwargs["directory"] = root
+            super().__init__(*args, **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("fault server: " + format, *args)
+
+        def _hang(self) -> None:
+            time.sleep(3600)  # the client must give up on its own
+
+        def _any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            if fault == "blackhole":
+                self._hang()
+            elif fault == "drip":  # a valid answer, one byte every drip_s seconds
+                body = b'{"type": "Catalog", "id": "x", "links": []}' + b" " * 100_000
+                head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                for byte in head.encode() + body:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(float(options.get("drip_s", 1.0)))
+            elif fault == "retry-after":
+                data = b'{"detail": "overloaded"}'
+                self.send_response(int(options.get("status", 503)))
+                self.send_header("Retry-After", str(options.get("retry_after", 3600)))
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            elif flag and os.path.exists(flag):  # "switch", switched off: stops answering
+                self._hang()
+            elif self.command == "HEAD":
+                super().do_HEAD()
+            else:
+                super().do_GET()
+
+        do_GET = do_POST = do_HEAD = _any
+
+    return Handler
+
+
+def _serve_fault_forever(fault: str, options_json: str, host: str) -> None:
+    server = ThreadingHTTPServer((host, 0), _fault_handler(fault, json.loads(options_json)))
+    server.daemon_threads = True
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+@contextlib.contextmanager
+def fault_http_server(fault: str, *, host: str = "127.0.0.1", **options: Any) -> Iterator[str]:
+    """A loopback HTTP server that misbehaves as real ones do; yields its base URL.
+
+    ``fault``: ``"blackhole"`` accepts connections and never answers; ``"drip"`` sends a valid answer
+    one byte every ``drip_s`` seconds; ``"retry-after"`` answers every request with ``status`` (503)
+    and ``Retry-After: retry_after`` (3600); ``"switch"`` serves the folder ``root`` with Range
+    support, but stops answering (accepts, then hangs) while the file ``down_flag`` exists, like a
+    COG host that goes away mid-build and comes back. Runs in its own process (see
+    :func:`range_http_server` for why), killed when the context exits or its parent dies.
+    """
+    if fault not in FAULTS:
+        raise ValueError(f"Unknown fault {fault!r}; choose one of {', '.join(FAULTS)}.")
+    if fault == "switch" and not options.get("root"):
+        raise ValueError("The 'switch' fault server needs root= (the folder to serve).")
+    options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
+    code = "import sys; from eo_jepa.demo.servers import _serve_fault_forever as s; s(*sys.argv[1:])"
+    with _server_process(
+        [sys.executable, "-c", code, fault, json.dumps(options), host], f"{fault} server"
+    ) as port:
+        yield f"http://{host}:{port}"
+
+
+@contextlib.contextmanager
+def _server_process(cmd: list[str], what: str) -> Iterator[int]:
+    """Run a server process that prints its bound port first; yields the port, then stops it."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=_die_with_parent
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if not line.isdigit():
+            raise RuntimeError(f"The {what} failed to start (exit status {proc.poll()}).")
+        yield int(line)
     finally:
         proc.terminate()
         try:
