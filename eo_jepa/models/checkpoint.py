@@ -32,7 +32,13 @@ from typing import Any
 
 from eo_jepa._version import __version__
 from eo_jepa.errors import CheckpointError
-from eo_jepa.utils.io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
+from eo_jepa.utils.io import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    sha256_file,
+    tensor_bytes,
+)
 
 FORMAT = "eo-jepa-encoder"
 FORMAT_VERSION = 1
@@ -84,7 +90,7 @@ def encoder_config(encoder: Any) -> dict[str, Any]:
 def _save_weights(state: dict[str, Any], path: Path) -> None:
     from safetensors.torch import save_file
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size_hint=tensor_bytes(state)) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "eo_jepa": FORMAT})
 
 
