@@ -144,11 +144,8 @@ def read_config(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     cfg_path = root / CONFIG_NAME
     if not cfg_path.is_file():
         raise CheckpointError(f"{root} has no {CONFIG_NAME}; it is not an eo-jepa checkpoint folder.")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({exc}); re-export or re-download it.") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
+    config = read_json(cfg_path)
+    if config.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_path} is not an eo-jepa encoder config (format {FORMAT!r} expected).")
     version = config.get("format_version", 0)
     if not isinstance(version, int) or isinstance(version, bool):
@@ -221,6 +218,17 @@ def check_encoder_config(cfg_path: Path, config: dict[str, Any]) -> None:
     norm = os.path.normpath(name) if isinstance(name, str) and name else ""
     if not norm or os.path.isabs(norm) or norm == "." or norm.split(os.sep)[0] == "..":
         _invalid(cfg_path, "provenance.weights_file", name, "a file name inside the checkpoint folder")
+
+
+def read_json(cfg_path: Path) -> dict[str, Any]:
+    """A checkpoint folder's config.json as a dict, or a one-sentence CheckpointError."""
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({exc}); re-export or re-download it.") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg_path} must hold a JSON object; re-export or re-download it.")
+    return config
 
 
 def verify_weights(root: Path, config: dict[str, Any]) -> Path:

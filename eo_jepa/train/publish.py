@@ -106,6 +106,8 @@ def publish(
 
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
+    if repo_id is not None:
+        _check_repo_id(repo_id)  # before any work, not after the folder is written
     run = Path(run_dir)
     encoder, cfg, data, state = load_run_encoder(run)
     final = Path(out)
@@ -206,13 +208,17 @@ def _write_model_folder(
         save_legacy_pt(encoder, out / LEGACY_NAME)
 
 
+def _check_repo_id(repo_id: str) -> None:
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ConfigError(f"--repo-id {repo_id!r} must look like org/name.")
+
+
 def upload(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
     """Create ``repo_id`` (if needed) and upload ``folder``; returns the commit URL."""
     from huggingface_hub import HfApi
     from huggingface_hub.utils import HfHubHTTPError
 
-    if "/" not in repo_id or repo_id.count("/") != 1:
-        raise ConfigError(f"--repo-id {repo_id!r} must look like org/name.")
+    _check_repo_id(repo_id)
     token = token or os.environ.get("HF_TOKEN")
     api = HfApi(token=token)
     try:
