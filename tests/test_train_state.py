@@ -197,3 +197,21 @@ def test_disk_full_during_publish_leaves_no_model_folder(run, tmp_path):
         with pytest.raises(DiskFullError, match=r"Could not write .*model\.safetensors.*disk is full"):
             publish(run, disk / "model")
         assert list(disk.iterdir()) == []  # neither a half-written model nor a staging folder
+
+
+def test_disk_full_during_a_chip_build_is_one_line_exit_2(demo_scenes_tiny, tmp_path, capsys):
+    """The chip store's own writers (chunks, index, stats, card) on a disk that fills up mid-build."""
+    from eo_jepa.cli import main
+
+    config = Path(TINY).parents[1] / "chips" / "s2_5band_64_demo.yaml"
+    with small_disk(tmp_path, 96 * 1024) as disk:
+        with pytest.raises(SystemExit) as exc:
+            main(["chips", "build", "--aois", str(demo_scenes_tiny.aois_path), "--config", str(config),
+                  "--out", str(disk / "chips"), "--stac", str(demo_scenes_tiny.items_path)])  # fmt: skip
+        err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2, err[-3000:]
+    assert "Traceback" not in err
+    line = err.splitlines()[-1]
+    assert (
+        line.startswith("eo-jepa: error: Could not write") and "disk is full" in line
+    ) or "No space" in line, line
