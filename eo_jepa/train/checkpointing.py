@@ -43,8 +43,9 @@ VERSION = 1
 LAST = "last.pt"
 PREV = "prev.pt"
 DIGESTS = "digests.json"
-# Config keys a resumed run may change: they say how long to train and how often to log or
-# checkpoint, not what is trained. (The run's place, output_dir/name, is how it was found.)
+# Config keys a resumed run may change: they say how long to train, how often to log or
+# checkpoint, and what resources to use (the views do not depend on the loader's worker count),
+# not what is trained. (The run's place, output_dir/name, is how it was found.)
 SAFE_TO_CHANGE = (
     "max_steps",
     "epochs",
@@ -53,6 +54,8 @@ SAFE_TO_CHANGE = (
     "log.tensorboard",
     "checkpoint.every",
     "checkpoint.keep_every",
+    "data.num_workers",
+    "num_threads",
 )
 _LOCATION_KEYS = ("output_dir", "name")
 
