@@ -215,3 +215,20 @@ def test_disk_full_during_a_chip_build_is_one_line_exit_2(demo_scenes_tiny, tmp_
     assert (
         line.startswith("eo-jepa: error: Could not write") and "disk is full" in line
     ) or "No space" in line, line
+
+
+def test_per_process_batch_may_change_only_with_the_global_batch_kept(tmp_path, monkeypatch):
+    """2 processes x 8 chips resumed on 1 x 16 keeps the recipe; 1 x 8 does not (and 2 x 8 -> 1 x 16
+    without a recorded world size cannot be told apart from a changed batch, so it is refused)."""
+    from eo_jepa.config import to_dict
+    from eo_jepa.train.checkpointing import check_resume_config
+
+    saved = to_dict(_cfg(tmp_path, "data.batch_size=8"))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    check_resume_config(saved, to_dict(_cfg(tmp_path, "data.batch_size=16")), tmp_path, saved_world_size=2)
+    with pytest.raises(ConfigError, match=r"data\.batch_size \(8 -> 4\)"):
+        check_resume_config(saved, to_dict(_cfg(tmp_path, "data.batch_size=4")), tmp_path, saved_world_size=2)
+    with pytest.raises(ConfigError, match=r"data\.batch_size \(8 -> 16\)"):
+        check_resume_config(saved, to_dict(_cfg(tmp_path, "data.batch_size=16")), tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "4")  # 2 x 8 -> 4 x 4
+    check_resume_config(saved, to_dict(_cfg(tmp_path, "data.batch_size=4")), tmp_path, saved_world_size=2)

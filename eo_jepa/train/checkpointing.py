@@ -219,7 +219,7 @@ def resume_state(folder: str | Path, requested: dict[str, Any], map_location: An
             prev,
             int(state["step"]),
         )
-    check_resume_config(state.get("config") or {}, requested, folder.parent)
+    check_resume_config(state.get("config") or {}, requested, folder.parent, state.get("world_size"))
     return state
 
 
@@ -255,10 +255,30 @@ def config_changes(saved: dict[str, Any], requested: dict[str, Any]) -> dict[str
     }
 
 
-def check_resume_config(saved: dict[str, Any], requested: dict[str, Any], run_dir: Path) -> None:
-    """Refuse to resume with changed keys other than :data:`SAFE_TO_CHANGE`; log the safe changes."""
+def _global_batch(cfg: dict[str, Any], world_size: int) -> int | None:
+    try:
+        return int(cfg["data"]["batch_size"]) * int(cfg["optim"]["grad_accum"]) * world_size
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def check_resume_config(
+    saved: dict[str, Any], requested: dict[str, Any], run_dir: Path, saved_world_size: int | None = None
+) -> None:
+    """Refuse to resume with changed keys other than :data:`SAFE_TO_CHANGE`; log the safe changes.
+
+    ``data.batch_size`` and ``optim.grad_accum`` may change together with the number of processes
+    when the global batch stays the same (a checkpoint of 2 x 8 chips resumed on 1 x 16), when the
+    checkpoint records the world size it was written with.
+    """
     changes = config_changes(saved, requested)
-    unsafe = {k: v for k, v in changes.items() if k not in SAFE_TO_CHANGE}
+    safe = set(SAFE_TO_CHANGE)
+    if saved_world_size is not None:
+        now = int(os.environ.get("WORLD_SIZE", "1"))
+        before = _global_batch(_normalised(saved), int(saved_world_size))
+        if before is not None and before == _global_batch(_normalised(requested), now):
+            safe |= {"data.batch_size", "optim.grad_accum"}
+    unsafe = {k: v for k, v in changes.items() if k not in safe}
     if unsafe:
         listed = ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in unsafe.items())
         raise ConfigError(
