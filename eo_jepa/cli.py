@@ -69,3 +69,15 @@ def main(argv: list[str] | None = None) -> None:
     except EOJepaError as exc:
         typer.echo(f"eo-jepa: error: {exc}", err=True)
         sys.exit(2)
+    except OSError as exc:  # a write outside the atomic helpers (appended logs, chunk stores) hit a full disk
+        from eo_jepa.utils.io import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
+        typer.echo(
+            f"eo-jepa: error: Could not write{where}: {exc.strerror or exc}; free some space and run the "
+            "command again (with --resume where it has one).",
+            err=True,
+        )
+        sys.exit(2)

@@ -42,6 +42,10 @@ class StacError(EOJepaError, RuntimeError):
     """A STAC search failed (unreachable API, server error, empty result)."""
 
 
+class DiskFullError(EOJepaError, OSError):
+    """An output could not be written: the disk (or quota) is full; the previous file is kept."""
+
+
 class DataError(EOJepaError, ValueError):
     """A dataset, raster or AOI file is missing, corrupt or inconsistent."""
 

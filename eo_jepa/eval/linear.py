@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from eo_jepa.config import Config, bounded
+
 
 @dataclass
-class LinearProbeConfig:
-    epochs: int = 100
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    batch_size: int = 256
-    warmup_epochs: int = 10
-    seed: int = 0
+class LinearProbeConfig(Config):
+    section: ClassVar[str] = "linear"  # `eval linear` options: --epochs, --lr, --weight-decay
+
+    epochs: int = bounded(100, ge=1)
+    lr: float = bounded(1e-3, gt=0)
+    weight_decay: float = bounded(1e-6, ge=0)
+    batch_size: int = bounded(256, ge=1)
+    warmup_epochs: int = bounded(10, ge=0)
+    seed: int = bounded(0, ge=0)
 
 
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -32,7 +33,13 @@ from typing import Any
 
 from eo_jepa._version import __version__
 from eo_jepa.errors import CheckpointError
-from eo_jepa.utils.io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
+from eo_jepa.utils.io import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    sha256_file,
+    tensor_bytes,
+)
 
 FORMAT = "eo-jepa-encoder"
 FORMAT_VERSION = 1
@@ -84,7 +91,7 @@ def encoder_config(encoder: Any) -> dict[str, Any]:
 def _save_weights(state: dict[str, Any], path: Path) -> None:
     from safetensors.torch import save_file
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size_hint=tensor_bytes(state)) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "eo_jepa": FORMAT})
 
 
@@ -137,18 +144,91 @@ def read_config(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     cfg_path = root / CONFIG_NAME
     if not cfg_path.is_file():
         raise CheckpointError(f"{root} has no {CONFIG_NAME}; it is not an eo-jepa checkpoint folder.")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({exc}); re-export or re-download it.") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
+    config = read_json(cfg_path)
+    if config.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_path} is not an eo-jepa encoder config (format {FORMAT!r} expected).")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+    version = config.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        _invalid(cfg_path, "format_version", version, "an integer")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{cfg_path} uses checkpoint format version {config['format_version']}; "
             f"this eo-jepa ({__version__}) reads up to {FORMAT_VERSION}: upgrade eo-jepa."
         )
+    check_encoder_config(cfg_path, config)
     return root, config
+
+
+def _invalid(cfg_path: Path, key: str, value: Any, allowed: str) -> None:
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise CheckpointError(
+        f"{cfg_path} has {key}={shown}, but it must be {allowed}; re-export or re-download the checkpoint."
+    )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_encoder_config(cfg_path: Path, config: dict[str, Any]) -> None:
+    """Every field :func:`load_encoder` uses has the right shape, or one CheckpointError names it.
+
+    ``provenance.weights_file`` must name a file inside the checkpoint folder.
+    """
+    if not isinstance(config.get("arch"), str) or not config["arch"]:
+        _invalid(cfg_path, "arch", config.get("arch"), "an architecture name")
+    for key in ("img_size", "patch_size"):
+        if not _is_int(config.get(key)) or config[key] < 1:
+            _invalid(cfg_path, key, config.get(key), "a positive integer")
+    bands = config.get("bands")
+    if (
+        not isinstance(bands, list)
+        or not bands
+        or not all(isinstance(b, dict) and isinstance(b.get("name"), str) and b["name"] for b in bands)
+    ):
+        _invalid(cfg_path, "bands", bands, "a non-empty list of {name: ...} records")
+    stats = config.get("norm_stats")
+    if not isinstance(stats, dict):
+        _invalid(cfg_path, "norm_stats", stats, "a mapping band -> {mean, std}")
+    for band in bands:
+        entry = stats.get(band["name"])
+        if (
+            not isinstance(entry, dict)
+            or not _is_number(entry.get("mean"))
+            or not _is_number(entry.get("std"))
+            or entry["std"] <= 0
+        ):
+            _invalid(cfg_path, f"norm_stats.{band['name']}", entry, "{mean: number, std: positive number}")
+    inp = config.get("input")
+    if not isinstance(inp, dict):
+        _invalid(cfg_path, "input", inp, "a mapping {scale, offset, formula}")
+    if not _is_number(inp.get("scale")) or inp["scale"] == 0:
+        _invalid(cfg_path, "input.scale", inp.get("scale"), "a non-zero finite number")
+    if not _is_number(inp.get("offset", 0.0)):
+        _invalid(cfg_path, "input.offset", inp.get("offset"), "a finite number")
+    prov = config.get("provenance", {})
+    if not isinstance(prov, dict):
+        _invalid(cfg_path, "provenance", prov, "a mapping")
+    name = prov.get("weights_file", WEIGHTS_NAME)
+    # Checked on the name, not the resolved file: a Hub cache snapshot's files are symlinks to blobs.
+    norm = os.path.normpath(name) if isinstance(name, str) and name else ""
+    if not norm or os.path.isabs(norm) or norm == "." or norm.split(os.sep)[0] == "..":
+        _invalid(cfg_path, "provenance.weights_file", name, "a file name inside the checkpoint folder")
+
+
+def read_json(cfg_path: Path) -> dict[str, Any]:
+    """A checkpoint folder's config.json as a dict, or a one-sentence CheckpointError."""
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({exc}); re-export or re-download it.") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg_path} must hold a JSON object; re-export or re-download it.")
+    return config
 
 
 def verify_weights(root: Path, config: dict[str, Any]) -> Path:

@@ -368,14 +368,13 @@ def _load_spec(spec: ModelSpec, path: Path, device: Any) -> Any:
 
 def load_path(path: Path, *, device: Any = None) -> Any:
     """A local eo-jepa folder, a timm/HF folder (config.json with ``architecture``) or a self-describing file."""
-    import json
 
-    from eo_jepa.models.checkpoint import CONFIG_NAME, FORMAT, load_encoder
+    from eo_jepa.models.checkpoint import CONFIG_NAME, FORMAT, load_encoder, read_json
     from eo_jepa.models.convert import encoder_from_state, read_state_file
 
     if path.is_dir():
         cfg_path = path / CONFIG_NAME
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        cfg = read_json(cfg_path) if cfg_path.is_file() else {}
         if cfg.get("format") == FORMAT:
             return load_encoder(path, device=device)
         if "architecture" in cfg and (path / "model.safetensors").is_file():

@@ -1,4 +1,4 @@
-"""Full training state: written atomically, read back without unpickling arbitrary objects.
+"""Full training state: written atomically, verified by digest, read without unpickling objects.
 
 ``runs/<name>/checkpoints/last.pt`` holds everything needed to continue exactly: model and
 projector weights, optimiser, LR scheduler, grad scaler, the SIGReg step (inside the loss
@@ -7,10 +7,25 @@ position inside it and the global step. It is written with ``torch.save`` to a t
 fsync'ed and renamed (:func:`eo_jepa.utils.io.atomic_open`), so a kill at any moment leaves
 either the previous or the new checkpoint, never half of one. Every value is a tensor, number,
 string, list or dict, so :func:`load_state` can use ``torch.load(..., weights_only=True)``.
+
+Integrity: the sha256 of every checkpoint is recorded in ``checkpoints/digests.json`` when it is
+written (before it takes its final name), and :func:`load_state` refuses a file whose digest is not
+recorded there (flipped bits, a truncated copy, an edited file). The previous ``last.pt`` becomes
+``prev.pt`` when a new one is in place, so a corrupted latest checkpoint costs one interval:
+:func:`resume_state` falls back to ``prev.pt``. The manifest lists a digest before the file exists
+and forgets it only after the file is gone, so a kill between any two steps leaves every
+checkpoint on disk verifiable.
+
+Resuming compares the requested config with the run's saved one: only keys in
+:data:`SAFE_TO_CHANGE` (how long to train, how often to log and checkpoint) may differ.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -18,11 +33,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from eo_jepa.errors import CheckpointError
-from eo_jepa.utils.io import atomic_open
+from eo_jepa.errors import CheckpointError, ConfigError
+from eo_jepa.utils.io import atomic_open, atomic_write_json, sha256_file, tensor_bytes
+
+log = logging.getLogger(__name__)
 
 FORMAT = "eo-jepa-train-state"
 VERSION = 1
+LAST = "last.pt"
+PREV = "prev.pt"
+DIGESTS = "digests.json"
+# Config keys a resumed run may change: they say how long to train, how often to log or
+# checkpoint, and what resources to use (the views do not depend on the loader's worker count),
+# not what is trained. (The run's place, output_dir/name, is how it was found.)
+SAFE_TO_CHANGE = (
+    "max_steps",
+    "epochs",
+    "log.every",
+    "log.rank_every",
+    "log.tensorboard",
+    "checkpoint.every",
+    "checkpoint.keep_every",
+    "data.num_workers",
+    "num_threads",
+)
+_LOCATION_KEYS = ("output_dir", "name")
 
 
 def rng_state() -> dict[str, Any]:
@@ -58,28 +93,198 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _read_digests(folder: Path) -> list[dict[str, Any]]:
+    """The recorded checkpoints of ``folder``: [{"file", "sha256", "step"}] ([] when none)."""
+    path = folder / DIGESTS
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text())["checkpoints"]
+        if not all(isinstance(e["sha256"], str) for e in entries):
+            raise TypeError
+        return list(entries)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(
+            f"{str(path)!r} is damaged, so no checkpoint in {str(folder)!r} can be verified; "
+            "start a new run with another name=..."
+        ) from None
+
+
+def _write_digests(folder: Path, entries: list[dict[str, Any]]) -> None:
+    atomic_write_json(folder / DIGESTS, {"format": "eo-jepa-checkpoint-digests", "checkpoints": entries})
+
+
 def save_state(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (plus format tags) to ``path`` atomically."""
+    """Write ``state`` (plus format tags) to ``path`` atomically, recording its sha256.
+
+    Writing ``last.pt`` keeps the one it replaces as ``prev.pt``.
+    """
     path = Path(path)
-    with atomic_open(path, "wb") as fh:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, fh)
+    folder = path.parent
+    staged = folder / f".{path.name}.new"
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    with atomic_open(staged, "wb", size_hint=tensor_bytes(payload)) as fh:
+        torch.save(payload, fh)
+    new = {"file": None, "sha256": sha256_file(staged), "step": state.get("step")}  # read back from disk
+    entries = [*_read_digests(folder), new]
+    _write_digests(folder, entries)  # recorded before the file takes its name
+    if path.name == LAST and path.exists():
+        os.replace(path, folder / PREV)
+        renamed = {LAST: PREV, PREV: None}  # the old last.pt is prev.pt now; the older prev.pt is gone
+    else:
+        renamed = {path.name: None}
+    for entry in entries:
+        entry["file"] = renamed.get(entry["file"], entry["file"])
+    new["file"] = path.name
+    os.replace(staged, path)
+    _write_digests(folder, [e for e in entries if e["file"] is not None])  # forgotten once gone
     return path
 
 
-def load_state(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a training state with ``weights_only=True``; clear errors for missing/foreign files."""
+def verify_state(path: str | Path) -> str:
+    """The sha256 of checkpoint ``path`` after checking it is recorded in its folder's digests.json."""
     path = Path(path)
     if not path.is_file():
+        raise CheckpointError(
+            f"No training checkpoint at {str(path)!r}; run without --resume to start a new run."
+        )
+    entries = _read_digests(path.parent)
+    if not entries:
+        raise CheckpointError(
+            f"{str(path)!r} has no recorded digest ({DIGESTS} is missing), so it cannot be verified; "
+            "start a new run with another name=..."
+        )
+    digest = sha256_file(path)
+    if digest not in {e["sha256"] for e in entries}:
+        raise CheckpointError(
+            f"{str(path)!r} has sha256 {digest[:12]}…, which {DIGESTS} does not record: the checkpoint "
+            "is corrupt or was modified."
+        )
+    return digest
+
+
+def load_state(path: str | Path, map_location: Any = "cpu", *, verify: bool = True) -> dict[str, Any]:
+    """Read a training state (digest verified) with ``weights_only=True``; one-sentence errors."""
+    path = Path(path)
+    if verify:
+        verify_state(path)
+    elif not path.is_file():
         raise CheckpointError(
             f"No training checkpoint at {str(path)!r}; run without --resume to start a new run."
         )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{str(path)!r} is not a readable training checkpoint ({exc}).") from None
+        why = (
+            "it holds objects that torch.load(weights_only=True) refuses to unpickle"
+            if "weights_only" in str(exc) or "Unsupported global" in str(exc)
+            else f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+        )
+        raise CheckpointError(f"{str(path)!r} is not a readable training checkpoint ({why}).") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{str(path)!r} is not an eo-jepa training state (format tag missing); "
             "use model.init=<path> to start from other weights."
         )
     return state
+
+
+def resume_state(folder: str | Path, requested: dict[str, Any], map_location: Any = "cpu") -> dict[str, Any]:
+    """The state to resume a run from: ``last.pt``, or ``prev.pt`` when last.pt fails verification.
+
+    ``requested`` (the config of this invocation, as a dict) must equal the run's saved config
+    except for :data:`SAFE_TO_CHANGE` keys (logged); otherwise a ConfigError lists the keys.
+    """
+    folder = Path(folder)
+    last, prev = folder / LAST, folder / PREV
+    if not last.exists() and not prev.exists():
+        raise CheckpointError(
+            f"No training checkpoint at {str(last)!r}; run without --resume to start a new run."
+        )
+    try:
+        state = load_state(last, map_location)
+    except CheckpointError as exc:
+        if not prev.exists():
+            raise
+        try:
+            state = load_state(prev, map_location)
+        except CheckpointError:
+            raise CheckpointError(
+                f"Neither {LAST} nor {PREV} in {str(folder)!r} verifies ({str(exc).rstrip('.')}); "
+                "start a new run with another name=..."
+            ) from None
+        log.warning(
+            "%s Resuming from %s (step %d) instead: one checkpoint interval is recomputed.",
+            exc,
+            prev,
+            int(state["step"]),
+        )
+    check_resume_config(state.get("config") or {}, requested, folder.parent, state.get("world_size"))
+    return state
+
+
+def _normalised(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with today's defaults filled in (keys added since are then equal), when it parses."""
+    from eo_jepa.config import from_dict, to_dict
+    from eo_jepa.train.config import TrainConfig
+
+    with contextlib.suppress(Exception):
+        return to_dict(from_dict(TrainConfig, cfg))
+    return cfg
+
+
+def _flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and key != "data.band_map":
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(saved: dict[str, Any], requested: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (saved value, requested value)} of the keys that differ (run location ignored)."""
+    a, b = _flatten(_normalised(saved)), _flatten(_normalised(requested))
+    missing = object()
+    return {
+        k: (a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if k not in _LOCATION_KEYS and a.get(k, missing) != b.get(k, missing)
+    }
+
+
+def _global_batch(cfg: dict[str, Any], world_size: int) -> int | None:
+    try:
+        return int(cfg["data"]["batch_size"]) * int(cfg["optim"]["grad_accum"]) * world_size
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def check_resume_config(
+    saved: dict[str, Any], requested: dict[str, Any], run_dir: Path, saved_world_size: int | None = None
+) -> None:
+    """Refuse to resume with changed keys other than :data:`SAFE_TO_CHANGE`; log the safe changes.
+
+    ``data.batch_size`` and ``optim.grad_accum`` may change together with the number of processes
+    when the global batch stays the same (a checkpoint of 2 x 8 chips resumed on 1 x 16), when the
+    checkpoint records the world size it was written with.
+    """
+    changes = config_changes(saved, requested)
+    safe = set(SAFE_TO_CHANGE)
+    if saved_world_size is not None:
+        now = int(os.environ.get("WORLD_SIZE", "1"))
+        before = _global_batch(_normalised(saved), int(saved_world_size))
+        if before is not None and before == _global_batch(_normalised(requested), now):
+            safe |= {"data.batch_size", "optim.grad_accum"}
+    unsafe = {k: v for k, v in changes.items() if k not in safe}
+    if unsafe:
+        listed = ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in unsafe.items())
+        raise ConfigError(
+            f"Cannot resume {str(run_dir)!r} with a changed config: {listed} differ from the run's saved "
+            f"config (only {', '.join(SAFE_TO_CHANGE)} may change); resume with the saved values, or "
+            "start a new run with another name=..."
+        )
+    for key, (old, new) in changes.items():
+        log.info("Resuming with %s changed from %r to %r.", key, old, new)

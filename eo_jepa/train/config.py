@@ -1,8 +1,10 @@
 """Typed training configuration (dataclasses loaded by :func:`eo_jepa.config.load_config`).
 
 ``eo-jepa train --config configs/train/vits8_s2_5band.yaml optim.lr=1e-3 views.num_local=4``
-builds a :class:`TrainConfig`; an unknown key or an invalid choice raises
-:class:`~eo_jepa.errors.ConfigError` naming the key and the valid choices.
+builds a :class:`TrainConfig`; an unknown key, an invalid choice or a value outside a key's
+declared range raises :class:`~eo_jepa.errors.ConfigError` naming the key, the value and what is
+allowed. Every class derives from :class:`eo_jepa.config.Config`, so ``TrainConfig(...)`` built in
+Python is checked the same way; declare a new number with ``bounded(default, ge=..., le=...)``.
 
 Defaults follow the LeJEPA paper's recipe (Balestriero & LeCun 2025, arXiv:2511.08544):
 2 global + 6 local views, AdamW lr 5e-4 / weight decay 0.05, linear warm-up then cosine
@@ -13,146 +15,156 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from eo_jepa.config import load_config
+from eo_jepa.config import Config, bounded, load_config, name_field, path_field, text_field
 from eo_jepa.errors import ConfigError
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Config):
     """Where the training chips come from."""
 
+    section: ClassVar[str] = "data"
+
     kind: Literal["chips", "raster_folder"] = "chips"
-    path: str | None = None  # chip store folder, or folder of per-sample rasters
+    path: str | None = path_field(None)  # chip store folder, or folder of per-sample rasters
     split: str | None = "train"  # chip stores: 'train' | 'val' | 'test' | null for all ok rows
     bands: list[str] | None = None  # canonical band names in model order; null = all of the dataset's
     # raster_folder only: canonical band -> variable name (NetCDF/Zarr) or 1-based band index (GeoTIFF)
     band_map: dict[str, int | str] = field(default_factory=dict)
-    pattern: str = "*"  # raster_folder: glob for the sample files (.tif/.tiff/.nc/.zarr)
+    pattern: str = text_field("*")  # raster_folder: glob for the sample files (.tif/.tiff/.nc/.zarr)
     sensor: str | None = None  # raster_folder: eo_jepa.bands sensor name (drives RGB handling)
-    nodata: float | None = None  # raster_folder: value marking invalid pixels (NaN always is)
-    norm_stats: str | None = None  # raster_folder: JSON with {"bands": {b: {mean, std}}}; else computed
-    stats_samples: int = 64  # raster_folder: files sampled to compute norm stats
+    nodata: float | None = bounded(None)  # raster_folder: value marking invalid pixels (NaN always is)
+    norm_stats: str | None = path_field(
+        None
+    )  # raster_folder: JSON with {"bands": {b: {mean, std}}}; else computed
+    stats_samples: int = bounded(64, ge=1)  # raster_folder: files sampled to compute norm stats
     multi_date: bool = False  # global views from different dates of the same location_id
-    batch_size: int = 64  # per process (per GPU)
-    num_workers: int = 2
+    batch_size: int = bounded(64, ge=1)  # per process (per GPU)
+    num_workers: int = bounded(2, ge=0)
     drop_last: bool = True
 
 
 @dataclass
-class ViewsConfig:
+class ViewsConfig(Config):
     """Multi-crop views and augmentations (applied batch-wise on tensors)."""
 
-    num_global: int = 2
-    num_local: int = 6
-    global_size: int = 224
-    local_size: int = 96
-    global_scale: tuple[float, float] = (0.3, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.3)
-    ratio: tuple[float, float] = (0.75, 1.3333333)
-    flip_p: float = 0.5  # horizontal and vertical flips, each with this probability
+    section: ClassVar[str] = "views"
+
+    num_global: int = bounded(2, ge=1)  # the prediction target needs a global view
+    num_local: int = bounded(6, ge=0)
+    global_size: int = bounded(224, ge=1)
+    local_size: int = bounded(96, ge=1)
+    global_scale: tuple[float, float] = bounded((0.3, 1.0), gt=0, le=1)  # crop area fraction (low, high)
+    local_scale: tuple[float, float] = bounded((0.05, 0.3), gt=0, le=1)
+    ratio: tuple[float, float] = bounded((0.75, 1.3333333), gt=0)
+    flip_p: float = bounded(0.5, ge=0, le=1)  # horizontal and vertical flips, each with this probability
     rot90: bool = True  # random multiples of 90° (overhead imagery has no "up")
     # auto: 'rgb' when bands are exactly red, green, blue, otherwise 'multispectral'
     mode: Literal["auto", "multispectral", "rgb"] = "auto"
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2  # rgb only
-    hue: float = 0.1  # rgb only (no hue on reflectance)
-    grayscale_p: float = 0.2
+    jitter_p: float = bounded(0.8, ge=0, le=1)
+    brightness: float = bounded(0.4, ge=0, le=1)
+    contrast: float = bounded(0.4, ge=0, le=1)
+    saturation: float = bounded(0.2, ge=0, le=1)  # rgb only
+    hue: float = bounded(0.1, ge=0, le=0.5)  # rgb only (no hue on reflectance)
+    grayscale_p: float = bounded(0.2, ge=0, le=1)
     grayscale_weights: Literal["bandwidth", "equal"] = "bandwidth"  # multispectral grayscale weights
-    blur_p: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: float = 0.2  # rgb only
-    value_scale: float | None = None  # raw units -> [0, 1] for rgb; null = from the sensor catalogue
+    blur_p: float = bounded(0.5, ge=0, le=1)
+    blur_sigma: tuple[float, float] = bounded((0.1, 2.0), gt=0)
+    solarize_p: float = bounded(0.2, ge=0, le=1)  # rgb only
+    value_scale: float | None = bounded(
+        None, gt=0
+    )  # raw units -> [0, 1] for rgb; null = from the sensor catalogue
 
     def validate(self) -> None:
-        if self.num_global < 1:
-            raise ConfigError(
-                "views.num_global must be at least 1 (the prediction target needs a global view)."
-            )
-        if self.num_local < 0:
-            raise ConfigError("views.num_local must be 0 or more.")
         for name in ("global_scale", "local_scale", "ratio", "blur_sigma"):
             lo, hi = getattr(self, name)
-            if not 0 < lo <= hi:
+            if not lo <= hi:
                 raise ConfigError(f"views.{name} must be (low, high) with 0 < low <= high, got {[lo, hi]}.")
-        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
-            p = getattr(self, name)
-            if not 0.0 <= p <= 1.0:
-                raise ConfigError(f"views.{name} is a probability in [0, 1], got {p}.")
 
 
 @dataclass
-class ModelConfig:
-    arch: str = "vit_small_patch8"
-    img_size: int = 224  # the encoder's nominal input size (views of other sizes use dynamic sizes)
+class ModelConfig(Config):
+    section: ClassVar[str] = "model"
+
+    arch: str = text_field("vit_small_patch8")
+    img_size: int = bounded(
+        224, ge=1
+    )  # the encoder's nominal input size (views of other sizes use dynamic sizes)
     # null: from scratch; a registry name ('dinov3-vitl16-sat493m'), hf://org/repo or a local checkpoint
-    init: str | None = None
-    proj_hidden: int = 2048
-    proj_out: int = 128
-    proj_layers: int = 3
+    init: str | None = text_field(None)
+    proj_hidden: int = bounded(2048, ge=1)
+    proj_out: int = bounded(128, ge=1)
+    proj_layers: int = bounded(3, ge=1)
 
 
 @dataclass
-class LossConfig:
-    lam: float = 0.05  # weight of SIGReg; the prediction term gets 1 - lam
-    num_slices: int = 1024
-    num_knots: int = 17
-    t_max: float = 3.0
+class LossConfig(Config):
+    section: ClassVar[str] = "loss"
+
+    lam: float = bounded(0.05, ge=0, le=1)  # weight of SIGReg; the prediction term gets 1 - lam
+    num_slices: int = bounded(1024, ge=1)
+    num_knots: int = bounded(17, ge=2)
+    t_max: float = bounded(3.0, gt=0)
     impl: Literal["fused", "reference"] = "fused"
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int | None = None  # null: warmup_fraction of the total steps
-    warmup_fraction: float = 0.05
-    final_lr_ratio: float = 1e-3  # cosine ends at lr * final_lr_ratio (paper: lr / 1000)
-    grad_accum: int = 1  # micro-batches per optimiser step
-    clip_grad: float | None = None  # max global grad norm; null = off
+class OptimConfig(Config):
+    section: ClassVar[str] = "optim"
+
+    lr: float = bounded(5e-4, gt=0)
+    weight_decay: float = bounded(0.05, ge=0)
+    betas: tuple[float, float] = bounded((0.9, 0.999), ge=0, lt=1)
+    eps: float = bounded(1e-8, gt=0)
+    warmup_steps: int | None = bounded(None, ge=0)  # null: warmup_fraction of the total steps
+    warmup_fraction: float = bounded(0.05, ge=0, le=1)
+    final_lr_ratio: float = bounded(1e-3, ge=0, le=1)  # cosine ends at lr * final_lr_ratio (paper: lr / 1000)
+    grad_accum: int = bounded(1, ge=1)  # micro-batches per optimiser step
+    clip_grad: float | None = bounded(None, gt=0)  # max global grad norm; null = off
     # auto: bf16 autocast on GPUs that support it, fp32 elsewhere
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
 
-    def validate(self) -> None:
-        if self.grad_accum < 1:
-            raise ConfigError("optim.grad_accum must be 1 or more.")
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr must be positive, got {self.lr}.")
-
 
 @dataclass
-class DistConfig:
+class DistConfig(Config):
+    section: ClassVar[str] = "dist"
+
     strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp shards parameters/optimiser state (ViT-L)
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPU, gloo on CPU
 
 
 @dataclass
-class LogConfig:
-    every: int = 10  # metrics.jsonl / TensorBoard every N optimiser steps
-    rank_every: int = 50  # embedding effective rank (RankMe) every N steps
+class LogConfig(Config):
+    section: ClassVar[str] = "log"
+
+    every: int = bounded(10, ge=1)  # metrics.jsonl / TensorBoard every N optimiser steps
+    rank_every: int = bounded(50, ge=0)  # embedding effective rank (RankMe) every N steps; 0 = off
     tensorboard: bool = True
 
 
 @dataclass
-class CheckpointConfig:
-    every: int = 500  # write runs/<name>/checkpoints/last.pt every N optimiser steps (and at the end)
-    keep_every: int | None = None  # also keep step_<N>.pt every N steps
+class CheckpointConfig(Config):
+    section: ClassVar[str] = "checkpoint"
+
+    every: int = bounded(
+        500, ge=1
+    )  # write runs/<name>/checkpoints/last.pt every N optimiser steps (and at the end)
+    keep_every: int | None = bounded(None, ge=1)  # also keep step_<N>.pt every N steps
 
 
 @dataclass
-class TrainConfig:
-    name: str = "run"
-    output_dir: str = "runs"
-    seed: int = 0
-    epochs: int = 100
-    max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs when smaller)
+class TrainConfig(Config):
+    name: str = name_field("run")  # the run folder <output_dir>/<name>: one folder name
+    output_dir: str = path_field("runs")
+    seed: int = bounded(0, ge=0)
+    epochs: int = bounded(100, ge=0)  # 0: max_steps alone decides
+    max_steps: int | None = bounded(
+        None, ge=1
+    )  # stop after this many optimiser steps (overrides epochs when smaller)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int | None = None  # torch intra-op threads in the main process
+    num_threads: int | None = bounded(None, ge=1)  # torch intra-op threads in the main process
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -168,9 +180,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.epochs < 1 and self.max_steps is None:
-            raise ConfigError("Set epochs >= 1 or max_steps.")
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"name {self.name!r} must be a non-empty folder name without '/'.")
+            raise ConfigError("epochs=0 needs max_steps: set epochs >= 1 or max_steps.")
 
 
 def load_train_config(

@@ -38,7 +38,7 @@ from torch import nn
 from eo_jepa.config import to_dict
 from eo_jepa.errors import ConfigError, DataError
 from eo_jepa.train import distributed as D
-from eo_jepa.train.checkpointing import load_state, rng_state, save_state, set_rng_state
+from eo_jepa.train.checkpointing import resume_state, rng_state, save_state, set_rng_state
 from eo_jepa.train.config import TrainConfig
 from eo_jepa.utils.io import atomic_write_json, atomic_write_text
 from eo_jepa.utils.logging import progress_disabled
@@ -328,7 +328,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
 
         step, epoch, batch_pos = 0, 0, 0
         if resume:
-            state = load_state(ckpt_path, map_location=env.device)
+            state = resume_state(ckpt_path.parent, to_dict(cfg), map_location=env.device)
             _load_model_state(wrapped, model, state["model"], cfg.dist.strategy)
             _load_optim_state(wrapped, model, optimizer, state["optimizer"], cfg.dist.strategy)
             scheduler.load_state_dict(state["scheduler"])

@@ -7,6 +7,12 @@ git commit, date, version) and a model card that embeds the loss curve. ``fmt="l
 also writes ``model.pt`` in the ``{config, encoder_state, norm_stats}`` layout of the seed
 model card. ``repo_id`` uploads the folder with ``huggingface_hub.HfApi().upload_folder``
 (token from ``HF_TOKEN`` or the Hub's own login).
+
+The training checkpoint's digest is verified first (:func:`eo_jepa.train.checkpointing.load_state`),
+so a corrupted ``last.pt`` is refused instead of being stamped with a fresh sha256. The folder is
+assembled beside ``out`` and moved into place only when complete: a full disk or a kill mid-way
+leaves ``out`` as it was (absent, or the previous model), never a half-written folder that looks
+like a model.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from typing import Any
 
 from eo_jepa.config import from_dict
 from eo_jepa.errors import CheckpointError, ConfigError, EOJepaError
-from eo_jepa.train.checkpointing import load_state
+from eo_jepa.train.checkpointing import PREV, load_state
 from eo_jepa.train.config import TrainConfig
 from eo_jepa.train.loop import CHECKPOINT_DIR, LAST, LOSS_CURVE, METRICS, plot_loss_curve
+from eo_jepa.utils.io import disk_full_error, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +49,15 @@ def load_run_encoder(
         raise CheckpointError(
             f"{str(run)!r} has no {CHECKPOINT_DIR}/{checkpoint}; pass the folder of a training run (runs/<name>)."
         )
-    state = load_state(ckpt)
+    try:
+        state = load_state(ckpt)
+    except CheckpointError as exc:
+        if checkpoint != LAST or not (run / CHECKPOINT_DIR / PREV).is_file():
+            raise
+        raise CheckpointError(
+            f"{str(exc).rstrip('.')}; `eo-jepa train --resume` continues from {CHECKPOINT_DIR}/{PREV} and "
+            "writes a new last.pt, which can then be published."
+        ) from None
     cfg = from_dict(TrainConfig, state["config"])
     data_json = run / "data.json"
     if not data_json.is_file():
@@ -88,14 +103,59 @@ def publish(
     token: str | None = None,
 ) -> Path:
     """Export the run's encoder to ``out`` (and upload it to ``repo_id``); returns ``out``."""
-    from eo_jepa.models import save_encoder, save_legacy_pt
 
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
+    if repo_id is not None:
+        _check_repo_id(repo_id)  # before any work, not after the folder is written
     run = Path(run_dir)
     encoder, cfg, data, state = load_run_encoder(run)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out)
+    _check_out(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = final.parent / f".{final.name}.publishing-{os.getpid()}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    try:
+        _write_model_folder(run, out, encoder, cfg, data, state, fmt)
+        _move_into_place(out, final)
+    except BaseException as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, EOJepaError) and is_disk_full(exc):
+            raise disk_full_error(final, None) from None  # e.g. copying the loss curve
+        raise
+    log.info("Published %s (%d steps) to %s.", run, int(state["step"]), final)
+    if repo_id:
+        upload(final, repo_id, private=private, token=token)
+    return final
+
+
+def _check_out(out: Path) -> None:
+    """``out`` may be new, empty or a previous model folder (replaced); anything else is refused."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; pass a folder for the checkpoint.")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ConfigError(
+            f"--out {str(out)!r} is a non-empty folder that is not an eo-jepa checkpoint; choose a new folder."
+        )
+
+
+def _move_into_place(staged: Path, final: Path) -> None:
+    """Put the complete folder ``staged`` at ``final``, replacing a previous model folder there."""
+    if not final.exists():
+        os.replace(staged, final)
+        return
+    old = final.parent / f".{final.name}.replaced-{os.getpid()}"
+    os.replace(final, old)
+    os.replace(staged, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_model_folder(
+    run: Path, out: Path, encoder: Any, cfg: TrainConfig, data: dict[str, Any], state: dict, fmt: str
+) -> None:
+    from eo_jepa.models import save_encoder, save_legacy_pt
+
     curve = run / LOSS_CURVE
     if not curve.is_file():
         plot_loss_curve(run)
@@ -146,10 +206,11 @@ def publish(
     )
     if fmt == "legacy-pt":
         save_legacy_pt(encoder, out / LEGACY_NAME)
-    log.info("Published %s (%d steps) to %s.", run, steps, out)
-    if repo_id:
-        upload(out, repo_id, private=private, token=token)
-    return out
+
+
+def _check_repo_id(repo_id: str) -> None:
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ConfigError(f"--repo-id {repo_id!r} must look like org/name.")
 
 
 def upload(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
@@ -157,8 +218,7 @@ def upload(folder: str | Path, repo_id: str, *, private: bool = False, token: st
     from huggingface_hub import HfApi
     from huggingface_hub.utils import HfHubHTTPError
 
-    if "/" not in repo_id or repo_id.count("/") != 1:
-        raise ConfigError(f"--repo-id {repo_id!r} must look like org/name.")
+    _check_repo_id(repo_id)
     token = token or os.environ.get("HF_TOKEN")
     api = HfApi(token=token)
     try:
