@@ -27,6 +27,7 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterat
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, new_file_mode())  # mkstemp's 0o600 would hide the file from a shared group
     try:
         yield Path(tmp)
         with open(tmp, "rb") as fh:
@@ -76,3 +77,17 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 22) -> str:
         while block := fh.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask (read without changing it)."""
+    try:
+        with open("/proc/self/status") as fh:  # Linux >= 4.7
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting; restored at once
+    os.umask(mask)
+    return 0o666 & ~mask
