@@ -270,6 +270,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
             torch.set_num_threads(cfg.num_threads)
         run_dir = cfg.run_dir
         ckpt_path = run_dir / CHECKPOINT_DIR / LAST
+        resume = resume or D.elastic_resume(ckpt_path)
         if not resume and ckpt_path.exists():
             raise ConfigError(
                 f"Run folder {str(run_dir)!r} already has a checkpoint; pass --resume to continue it "
@@ -329,6 +330,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
         step, epoch, batch_pos = 0, 0, 0
         if resume:
             state = load_state(ckpt_path, map_location=env.device)
+            D.check_global_batch(state, cfg, env.world_size, ckpt_path)
             _load_model_state(wrapped, model, state["model"], cfg.dist.strategy)
             _load_optim_state(wrapped, model, optimizer, state["optimizer"], cfg.dist.strategy)
             scheduler.load_state_dict(state["scheduler"])
@@ -397,6 +399,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                         "step": step,
                         "epoch": epoch,
                         "batch_in_epoch": batch_pos,
+                        "world_size": env.world_size,
                         "config": to_dict(cfg),
                     },
                 )
