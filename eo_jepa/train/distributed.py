@@ -222,3 +222,21 @@ def check_global_batch(state: dict[str, Any], cfg: Any, world_size: int, ckpt_pa
             f"({world_size} x {cfg.data.batch_size} x {cfg.optim.grad_accum}); to resume on {world_size} "
             f"process(es) {hint}."
         )
+
+
+def optim_state_by_name(model: nn.Module, optimizer: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict keyed by parameter name, as FSDP's ``set_optimizer_state_dict`` takes
+    it; a plain ``optimizer.state_dict()`` (keyed by position, written by a DDP or single-process run)
+    is translated through the optimizer's parameter order, which is the same whatever the wrapping."""
+    if not any(isinstance(k, int) for k in state.get("state", {})) and not any(
+        isinstance(i, int) for g in state.get("param_groups", []) for i in g["params"]
+    ):
+        return state  # already by name
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    names = [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    return {
+        "state": {names[int(i)]: v for i, v in state["state"].items()},
+        "param_groups": [
+            {**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]
+        ],
+    }

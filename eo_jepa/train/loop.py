@@ -517,6 +517,7 @@ def _load_optim_state(
     if strategy == "fsdp" and _is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+        state = D.optim_state_by_name(model, optimizer, state)  # a DDP or 1-process run's state too
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
         return
     optimizer.load_state_dict(state)
