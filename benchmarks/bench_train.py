@@ -12,10 +12,10 @@
    released after use, as the trainer does, so view buffers are reused. Best of a few fresh loaders.
 
 3. Data-parallel step time: the real trainer (``eo-jepa train``, tiny CPU config) on one process with
-   the whole batch beside ``torchrun`` with 2 DDP processes (gloo) of half the batch each, the same
-   global batch; median step time from the runs' own metrics. Cores are printed: on a 2-core machine
-   the 2 processes share the cores one process already uses, so this shows the overhead of DDP
-   (all-reduces, the global-batch SIGReg, a second process), not a speed-up.
+   the whole batch and 2 threads beside ``torchrun`` with 2 DDP processes (gloo) of half the batch and
+   one thread each: the same global batch and the same 2 cores; median step time from the runs' own
+   metrics. Cores are printed: on a 2-core machine this shows the overhead of DDP (all-reduces, the
+   global-batch SIGReg, a second process), not a speed-up.
 
     python benchmarks/bench_train.py                    # CPU defaults (small batch)
     python benchmarks/bench_train.py --device cuda --batch 64
@@ -180,7 +180,7 @@ def bench_ddp(steps: int, global_batch: int) -> dict[str, float]:
 
     work = Path(tempfile.mkdtemp(prefix="bench_ddp_"))
     store = make_chip_store(work / "store", n_locations=max(48, 2 * global_batch))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "EO_JEPA_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "EO_JEPA_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
     common = [
         "train", "--config", str(ROOT / "configs/train/tiny_cpu.yaml"), "--data", str(store),
         f"output_dir={work}", f"max_steps={steps}", f"checkpoint.every={steps}", "log.tensorboard=false",
@@ -190,7 +190,9 @@ def bench_ddp(steps: int, global_batch: int) -> dict[str, float]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     runs = {
-        "1 process": [sys.executable, "-m", "eo_jepa", *common, "name=one", f"data.batch_size={global_batch}"],
+        "1 process": [
+            sys.executable, "-m", "eo_jepa", *common, "name=one", f"data.batch_size={global_batch}", "num_threads=2",
+        ],
         "DDP 2 processes": [
             sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
             "--master-port", str(port), "-m", "eo_jepa", *common, "name=two", f"data.batch_size={global_batch // 2}",
@@ -198,7 +200,10 @@ def bench_ddp(steps: int, global_batch: int) -> dict[str, float]:
     }  # fmt: skip
     out: dict[str, float] = {}
     for (label, cmd), name in zip(runs.items(), ("one", "two"), strict=True):
-        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=1800)
+        threads = "2" if name == "one" else "1"  # the same 2 cores either way
+        subprocess.run(
+            cmd, env={**env, "OMP_NUM_THREADS": threads}, check=True, capture_output=True, timeout=1800
+        )
         rows = [json.loads(ln) for ln in (work / name / "metrics.jsonl").read_text().splitlines()]
         # images_per_s of a row covers the steps since the previous row: step time = global batch / rate
         times = [global_batch / r["images_per_s"] for r in rows[2:]]  # the first steps include warm-up
@@ -265,15 +270,16 @@ def main() -> None:
     if ddp:
         print(
             f"\nData-parallel step, tiny config (ViT-Ti/8, 32 px), global batch {args.ddp_batch}, "
-            f"{args.ddp_steps} steps, median; {os.cpu_count()} CPU cores"
+            f"{args.ddp_steps} steps, median; {os.cpu_count()} CPU cores, load average "
+            f"{os.getloadavg()[0]:.1f} at the end (above the core count: other work shares them)"
         )
         print("| variant | time / step (s) | vs 1 process |")
         print("|---|---|---|")
         for label, sec in ddp.items():
             print(f"| {label} | {sec:.3f} | {sec / ddp['1 process']:.2f} |")
         print(
-            f"(on {os.cpu_count()} cores the 2 processes share the cores one process already uses: this "
-            "is DDP's overhead (all-reduces, global-batch SIGReg, a second process), not a speed-up)"
+            f"(1 process x 2 threads vs 2 processes x 1 thread: the same 2 of {os.cpu_count()} cores, so "
+            "this is DDP's overhead (all-reduces, global-batch SIGReg, a second process), not a speed-up)"
         )
     figures = {
         "bench": "train",
@@ -288,6 +294,8 @@ def main() -> None:
         "loader_chips_per_s_per_worker_w2": round(loader[2] / 2, 2),
         **(
             {
+                "cpus": os.cpu_count(),
+                "load_average": round(os.getloadavg()[0], 2),
                 "ddp_step_s_1proc": round(ddp["1 process"], 4),
                 "ddp_step_s_2proc": round(ddp["DDP 2 processes"], 4),
             }
