@@ -19,6 +19,12 @@ Variants, side by side in one run:
   the per-core view of scaling: ``workers2_speedup`` is 2 workers over the unconfined 1-worker build
   (the target's figure), ``workers2_speedup_per_core`` over this one.
 
+- ``dask 2w``: ``build_chips(scheduler=...)`` on a Dask distributed cluster of 2 single-threaded worker
+  processes over loopback TCP (a ``LocalCluster``), or on the cluster at ``--scheduler ADDRESS`` (then
+  ``dask``): the same tasks as ``builder 2w`` shipped through a scheduler. Its figure beside the local
+  workers is the cost of the scheduler round trips; on a machine with few cores (printed) it shows that
+  overhead, not a speed-up: a cluster pays off when its workers bring cores of their own.
+
 Each on local files and over loopback HTTP (``rangehttpserver``, GDAL ``/vsicurl``). Best of
 ``--repeat`` runs. Figures: chips/s and MB/s of chip pixels produced (uint16, C x H x W).
 Targets: builder >= 70% of bare throughput; 2 workers >= 1.6x one.
@@ -37,6 +43,7 @@ so it keeps more than one core busy (printed): on a 2-core machine that caps wha
 can add.
 
     .venv/bin/python benchmarks/bench_chips.py [--scenes medium] [--chip-size 64] [--repeat 2] [--store-dir DIR]
+        [--scheduler tcp://HOST:8786]
 """
 
 from __future__ import annotations
@@ -133,6 +140,11 @@ def main() -> None:
         default="medium",
         help="demo scene size (tiles of 768 / 1536 px)",
     )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="Dask scheduler address for the 'dask' variant (default: a local cluster of 2 worker processes)",
+    )
     args = parser.parse_args()
 
     import geopandas as gpd
@@ -193,7 +205,19 @@ def main() -> None:
     t0 = time.perf_counter()
     build_chips(aoi_path, cfg, stores / "warmup1", stac=str(scenes.items_path))
     build_chips(aoi_path, cfg, stores / "warmup2", stac=str(scenes.items_path), workers=2)
+    cluster = None
+    scheduler = args.scheduler
+    if scheduler is None:  # real worker processes and TCP on loopback, as `dask scheduler` + `dask worker`
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        scheduler = cluster.scheduler_address
+    dask_name = "dask 2w" if args.scheduler is None else "dask"
+    build_chips(
+        aoi_path, cfg, stores / "warmup3", stac=str(scenes.items_path), workers=2, scheduler=scheduler
+    )
     warmup_s = time.perf_counter() - t0
+    variants = [("builder 1w", 1), ("builder 1w 1core", 1), ("builder 2w", 2), (dask_name, 2)]
     results: dict[str, dict[str, float]] = {}
     cores: dict[str, float] = {}  # CPU cores the fastest 1-worker build kept busy
     rows = []
@@ -208,13 +232,18 @@ def main() -> None:
             best: dict[str, float] = {}
             n_chips = 0
             for _ in range(args.repeat):
-                for name, workers in (("builder 1w", 1), ("builder 1w 1core", 1), ("builder 2w", 2)):
+                for name, workers in variants:
                     run += 1
                     _settle()
                     cpu = time.process_time()  # all threads of this process: the 1-worker build runs inline
                     with _one_core(name.endswith("1core")):
                         report = build_chips(
-                            aoi_path, cfg, stores / f"out{run}", stac=str(items_path), workers=workers
+                            aoi_path,
+                            cfg,
+                            stores / f"out{run}",
+                            stac=str(items_path),
+                            workers=workers,
+                            scheduler=scheduler if name.startswith("dask") else None,
                         )
                     if report.seconds < best.get(name, float("inf")) and name == "builder 1w":
                         cores[mode] = (time.process_time() - cpu) / report.seconds
@@ -231,7 +260,7 @@ def main() -> None:
                 )
             mb = n_chips * 5 * args.chip_size**2 * 2 / 1e6
             results[mode] = {"chips": n_chips}
-            for name in ("bare", "bare+probes", "builder 1w", "builder 1w 1core", "builder 2w"):
+            for name in ("bare", "bare+probes", "builder 1w", "builder 1w 1core", "builder 2w", dask_name):
                 cps = n_chips / best[name]
                 results[mode][f"{name.replace(' ', '_').replace('+', '_')}_chips_s"] = round(cps, 1)
                 rows.append(
@@ -244,6 +273,7 @@ def main() -> None:
                 best["builder 1w 1core"] / best["builder 2w"], 3
             )
             results[mode]["builder_1w_cores_busy"] = round(cores[mode], 2)
+            results[mode]["dask_vs_local_2w"] = round(best["builder 2w"] / best[dask_name], 3)
 
     print(f"{'source':<7}{'variant':<18}{'chips':>6}{'seconds':>9}{'chips/s':>9}{'MB/s':>8}{'vs bare':>9}")
     for mode, name, n, sec, cps, mbs, rel in rows:
@@ -258,7 +288,13 @@ def main() -> None:
             f"({mode}: one worker keeps {busy:.2f} CPU cores busy (its chunk writer is a second thread), so "
             f"on {os.cpu_count()} cores 2 workers can be at most {min(2.0, (os.cpu_count() or 1) / busy):.2f}x one)"
         )
+    print(
+        f"('{dask_name}': the 2-worker build through a Dask scheduler ({scheduler}); on {os.cpu_count()} "
+        "cores it shows the scheduler's overhead beside local workers, not a speed-up)"
+    )
     print(f"(warm-up incl. imports and worker start-up: {warmup_s:.1f} s)")
+    if cluster is not None:
+        cluster.close()
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(stores, ignore_errors=True)
     print(
@@ -268,6 +304,7 @@ def main() -> None:
                 "chip_size": args.chip_size,
                 "dates_per_location": args.dates,
                 "candidates": args.scene_dates,
+                "cpus": os.cpu_count(),
                 **({} if args.store_dir is None else {"store_dir": str(args.store_dir)}),
                 **results,
             }

@@ -11,6 +11,12 @@
    with 0 (in the main process), 1 and 2 workers (target >= 150 chips/s per worker); batches are
    released after use, as the trainer does, so view buffers are reused. Best of a few fresh loaders.
 
+3. Data-parallel step time: the real trainer (``eo-jepa train``, tiny CPU config) on one process with
+   the whole batch and 2 threads beside ``torchrun`` with 2 DDP processes (gloo) of half the batch and
+   one thread each: the same global batch and the same 2 cores; median step time from the runs' own
+   metrics. Cores are printed: on a 2-core machine this shows the overhead of DDP (all-reduces, the
+   global-batch SIGReg, a second process), not a speed-up.
+
     python benchmarks/bench_train.py                    # CPU defaults (small batch)
     python benchmarks/bench_train.py --device cuda --batch 64
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -163,6 +170,50 @@ def bench_loader(
     return out, per_cpu_s
 
 
+def bench_ddp(steps: int, global_batch: int) -> dict[str, float]:
+    """Median step time (s) of the tiny config on 1 process vs 2 DDP processes, the same global batch."""
+    import socket
+    import statistics
+    import subprocess
+
+    from train_data import make_chip_store
+
+    work = Path(tempfile.mkdtemp(prefix="bench_ddp_"))
+    store = make_chip_store(work / "store", n_locations=max(48, 2 * global_batch))
+    env = {**os.environ, "EO_JEPA_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
+    common = [
+        "train", "--config", str(ROOT / "configs/train/tiny_cpu.yaml"), "--data", str(store),
+        f"output_dir={work}", f"max_steps={steps}", f"checkpoint.every={steps}", "log.tensorboard=false",
+        "log.rank_every=0",
+    ]  # fmt: skip
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    runs = {
+        "1 process": [
+            sys.executable, "-m", "eo_jepa", *common, "name=one", f"data.batch_size={global_batch}", "num_threads=2",
+        ],
+        "DDP 2 processes": [
+            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+            "--master-port", str(port), "-m", "eo_jepa", *common, "name=two", f"data.batch_size={global_batch // 2}",
+        ],
+    }  # fmt: skip
+    out: dict[str, float] = {}
+    for (label, cmd), name in zip(runs.items(), ("one", "two"), strict=True):
+        threads = "2" if name == "one" else "1"  # the same 2 cores either way
+        subprocess.run(
+            cmd, env={**env, "OMP_NUM_THREADS": threads}, check=True, capture_output=True, timeout=1800
+        )
+        rows = [json.loads(ln) for ln in (work / name / "metrics.jsonl").read_text().splitlines()]
+        # images_per_s of a row covers the steps since the previous row: step time = global batch / rate
+        times = [global_batch / r["images_per_s"] for r in rows[2:]]  # the first steps include warm-up
+        out[label] = statistics.median(times)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -174,6 +225,8 @@ def main() -> None:
     ap.add_argument("--loader-repeats", type=int, default=3)
     ap.add_argument("--loader-batch", type=int, default=16)
     ap.add_argument("--skip-step", action="store_true")
+    ap.add_argument("--ddp-steps", type=int, default=12, help="steps of each data-parallel run (0: skip)")
+    ap.add_argument("--ddp-batch", type=int, default=16, help="global batch of the data-parallel runs")
     args = ap.parse_args()
     device = torch.device(args.device)
     batch = args.batch or (64 if device.type == "cuda" else 2)
@@ -213,6 +266,21 @@ def main() -> None:
             else f"| {w} | {rate:.1f} | {rate / w:.1f} |"
         )
     print(f"main-process loader: {per_cpu_s:.1f} chips per CPU-second (one dedicated core; target >= 150)")
+    ddp = bench_ddp(args.ddp_steps, args.ddp_batch) if args.ddp_steps else None
+    if ddp:
+        print(
+            f"\nData-parallel step, tiny config (ViT-Ti/8, 32 px), global batch {args.ddp_batch}, "
+            f"{args.ddp_steps} steps, median; {os.cpu_count()} CPU cores, load average "
+            f"{os.getloadavg()[0]:.1f} at the end (above the core count: other work shares them)"
+        )
+        print("| variant | time / step (s) | vs 1 process |")
+        print("|---|---|---|")
+        for label, sec in ddp.items():
+            print(f"| {label} | {sec:.3f} | {sec / ddp['1 process']:.2f} |")
+        print(
+            f"(1 process x 2 threads vs 2 processes x 1 thread: the same 2 of {os.cpu_count()} cores, so "
+            "this is DDP's overhead (all-reduces, global-batch SIGReg, a second process), not a speed-up)"
+        )
     figures = {
         "bench": "train",
         "device": str(device),
@@ -224,6 +292,16 @@ def main() -> None:
         "loader_chips_per_cpu_s": round(per_cpu_s, 2),
         "loader_chips_per_s_per_worker_w1": round(loader[1], 2),
         "loader_chips_per_s_per_worker_w2": round(loader[2] / 2, 2),
+        **(
+            {
+                "cpus": os.cpu_count(),
+                "load_average": round(os.getloadavg()[0], 2),
+                "ddp_step_s_1proc": round(ddp["1 process"], 4),
+                "ddp_step_s_2proc": round(ddp["DDP 2 processes"], 4),
+            }
+            if ddp
+            else {}
+        ),
     }
     print(json.dumps(figures))
 

@@ -60,3 +60,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A hint like `` Did you mean 'x'?`` or an empty string."""
     match = closest(name, choices)
     return f" Did you mean {match!r}?" if match else ""
+
+
+class ClusterError(EOJepaError, RuntimeError):
+    """A compute cluster (a Dask scheduler) could not be reached or was lost mid-run."""

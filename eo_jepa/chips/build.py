@@ -556,7 +556,7 @@ def _task_spec(
     locs = [{**plan["locations"][i], "index": i} for i in members]
     ids = {c for e in locs for c in e["candidates"]}
     return {
-        "root": str(root),
+        "root": str(root.absolute()),  # workers may run in another folder (or on another host)
         "task_id": task_id,
         "config": plan["config"],
         "locations": locs,
@@ -606,17 +606,9 @@ def _execute(
     if not specs:
         return
     if scheduler is not None:
-        from distributed import Client, as_completed
+        from eo_jepa.chips.cluster import run_on_cluster
 
-        client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-        try:
-            futures = client.map(run_tasks, _batches(specs, max(1, workers)), pure=False)
-            for fut in as_completed(futures):
-                for result in fut.result():
-                    on_done(result)
-        finally:
-            if client is not scheduler:
-                client.close()
+        run_on_cluster(run_tasks, _batches(specs, max(1, workers)), scheduler, specs[0]["root"], on_done)
         return
     if workers <= 1:
         run_tasks(specs, on_done)

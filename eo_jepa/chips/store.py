@@ -248,7 +248,7 @@ class _DirectChunks:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(os.path.join(self.path, *parts[:i]))
         tmp = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}.partial")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # less the umask
         try:
             try:
                 view = memoryview(frame)

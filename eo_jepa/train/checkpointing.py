@@ -56,6 +56,10 @@ SAFE_TO_CHANGE = (
     "checkpoint.keep_every",
     "data.num_workers",
     "num_threads",
+    # where and how the processes run: any device or strategy resumes the same full state
+    "device",
+    "dist.strategy",
+    "dist.backend",
 )
 _LOCATION_KEYS = ("output_dir", "name")
 
@@ -255,11 +259,30 @@ def config_changes(saved: dict[str, Any], requested: dict[str, Any]) -> dict[str
     }
 
 
-def _global_batch(cfg: dict[str, Any], world_size: int) -> int | None:
+def check_global_batch(
+    saved: dict[str, Any], requested: dict[str, Any], saved_world_size: int, world_size: int, where: Path
+) -> None:
+    """Refuse to resume with another global batch than the checkpoint's (its data position and LR
+    schedule count global batches); any number of ranks is fine when the global batch is kept."""
     try:
-        return int(cfg["data"]["batch_size"]) * int(cfg["optim"]["grad_accum"]) * world_size
-    except (KeyError, TypeError, ValueError):
-        return None
+        old, new = _normalised(saved), _normalised(requested)
+        per_rank, accum = int(old["data"]["batch_size"]), int(old["optim"]["grad_accum"])
+        b, a = int(new["data"]["batch_size"]), int(new["optim"]["grad_accum"])
+    except (KeyError, TypeError, ValueError):  # a config too old or foreign to say: the key check decides
+        return
+    before, now = per_rank * accum * saved_world_size, b * a * world_size
+    if before != now:
+        need = before / world_size
+        hint = (
+            f"set data.batch_size x optim.grad_accum to {need:g} (e.g. data.batch_size={need:g})"
+            if need == int(need)
+            else f"use a number of processes that divides {before}"
+        )
+        raise ConfigError(
+            f"{str(where)!r} was written with a global batch of {before} ({saved_world_size} process(es) x "
+            f"data.batch_size={per_rank} x optim.grad_accum={accum}) but this run has {now} "
+            f"({world_size} x {b} x {a}); to resume on {world_size} process(es) {hint}."
+        )
 
 
 def check_resume_config(
@@ -275,9 +298,8 @@ def check_resume_config(
     safe = set(SAFE_TO_CHANGE)
     if saved_world_size is not None:
         now = int(os.environ.get("WORLD_SIZE", "1"))
-        before = _global_batch(_normalised(saved), int(saved_world_size))
-        if before is not None and before == _global_batch(_normalised(requested), now):
-            safe |= {"data.batch_size", "optim.grad_accum"}
+        check_global_batch(saved, requested, int(saved_world_size), now, run_dir)
+        safe |= {"data.batch_size", "optim.grad_accum"}
     unsafe = {k: v for k, v in changes.items() if k not in safe}
     if unsafe:
         listed = ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in unsafe.items())

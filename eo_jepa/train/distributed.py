@@ -9,6 +9,13 @@ Gradient averaging and SIGReg: DDP (and FSDP) average gradients over ranks. The 
 term is a per-rank mean, so averaging gives the global mean; SIGReg is computed on the
 *global* batch on every rank, whose gradient is already exact, so the loss scales its SIGReg
 gradient by the world size (``LeJEPALoss(ddp_average=True)``) to cancel the average.
+
+Restarts and rank changes: a worker that torchrun restarted (``--max-restarts``) continues from
+the ``last.pt`` this torchrun job wrote (:func:`elastic_resume`), as ``--resume`` would. The
+checkpoint holds full (unsharded) state, so it resumes on any number of ranks, DDP or FSDP, as
+long as the global batch (``data.batch_size`` x ranks x ``optim.grad_accum``) is kept: then every
+step sees the same chips (:class:`~eo_jepa.train.data.EpochBatchSampler` deals the same global
+batches to any number of ranks) and :func:`~eo_jepa.train.checkpointing.check_global_batch` refuses anything else.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import datetime as _dt
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -56,6 +65,14 @@ def setup(device: str = "auto", backend: str = "auto") -> DistEnv:
     if use_cuda:
         torch.cuda.set_device(dev)
     chosen: str | None = None
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and os.environ.get(
+        "TORCHELASTIC_USE_AGENT_STORE"
+    ) == str(True):
+        log.warning(
+            "torchrun --max-restarts with the rendezvous store shared with the workers: restarted "
+            "workers would read the previous attempt's addresses and fail to connect; export "
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun."
+        )
     if world > 1:
         chosen = ("nccl" if use_cuda else "gloo") if backend == "auto" else backend
         if chosen == "nccl" and not use_cuda:
@@ -161,3 +178,40 @@ def barrier(env: DistEnv) -> None:
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def elastic_resume(ckpt_path: Path) -> bool:
+    """True in a worker that torchrun (re)started after this torchrun job wrote ``ckpt_path``: the group
+    continues from it. (Not ``TORCHELASTIC_RESTART_COUNT``: an agent that restarts its workers because
+    another node's failed does not count a restart.) A checkpoint older than the torchrun agent
+    belongs to an earlier job and is left to the usual "pass --resume" refusal."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not ckpt_path.is_file():
+        return False
+    import psutil
+
+    try:
+        agent_started = psutil.Process(os.getppid()).create_time()
+    except psutil.Error:
+        return False
+    if ckpt_path.stat().st_mtime < agent_started:
+        return False
+    log.warning("Restarted by torchrun: resuming from %s.", ckpt_path)
+    return True
+
+
+def optim_state_by_name(model: nn.Module, optimizer: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict keyed by parameter name, as FSDP's ``set_optimizer_state_dict`` takes
+    it; a plain ``optimizer.state_dict()`` (keyed by position, written by a DDP or single-process run)
+    is translated through the optimizer's parameter order, which is the same whatever the wrapping."""
+    if not any(isinstance(k, int) for k in state.get("state", {})) and not any(
+        isinstance(i, int) for g in state.get("param_groups", []) for i in g["params"]
+    ):
+        return state  # already by name
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    names = [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    return {
+        "state": {names[int(i)]: v for i, v in state["state"].items()},
+        "param_groups": [
+            {**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]
+        ],
+    }

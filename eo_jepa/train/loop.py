@@ -270,6 +270,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
             torch.set_num_threads(cfg.num_threads)
         run_dir = cfg.run_dir
         ckpt_path = run_dir / CHECKPOINT_DIR / LAST
+        resume = resume or D.elastic_resume(ckpt_path)
         if not resume and ckpt_path.exists():
             raise ConfigError(
                 f"Run folder {str(run_dir)!r} already has a checkpoint; pass --resume to continue it "
@@ -397,6 +398,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                         "step": step,
                         "epoch": epoch,
                         "batch_in_epoch": batch_pos,
+                        "world_size": env.world_size,
                         "config": to_dict(cfg),
                     },
                 )
@@ -514,6 +516,7 @@ def _load_optim_state(
     if strategy == "fsdp" and _is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+        state = D.optim_state_by_name(model, optimizer, state)  # a DDP or 1-process run's state too
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
         return
     optimizer.load_state_dict(state)
