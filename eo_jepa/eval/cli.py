@@ -33,7 +33,10 @@ RESPLIT = typer.Option(
     False, "--resplit", help="Ignore a chip store's split column; split by class with the seed."
 )
 BANDS = typer.Option(
-    None, "--bands", help="Band names of unnamed GeoTIFFs in an image folder, e.g. red,green,blue."
+    None,
+    "--bands",
+    help="Bands to use, by name (red,green,blue; B04,B03,B02): they name the channels of unnamed images "
+    "and select channels of chip stores and named TIFFs; an unknown or absent band is an error.",
 )
 OUT_JSON = typer.Option(None, "--out", help="Also write the results as JSON here.")
 WORKERS = typer.Option(0, "--workers", help="Processes reading images in parallel (0: in the main process).")
@@ -213,19 +216,14 @@ def health_cmd(
     """Effective rank (RankMe) and the SIGReg statistic of the encoder's embeddings of a dataset."""
     import numpy as np
 
-    from eo_jepa.eval.datasets import ImageFolderDataset
+    from eo_jepa.eval.datasets import open_unlabelled
     from eo_jepa.eval.features import extract_features
     from eo_jepa.eval.health import representation_health
     from eo_jepa.utils.io import atomic_write_json
 
     if kind not in ("global", "probe"):
         raise ConfigError(f"--features must be 'global' or 'probe', got {kind!r}.")
-    if (Path(data) / "dataset.json").is_file():
-        from eo_jepa.chips import ChipDataset
-
-        dataset: Any = ChipDataset(data)
-    else:
-        dataset = ImageFolderDataset(data, bands=bands.split(",") if bands else None)
+    dataset = open_unlabelled(data, bands=bands.split(",") if bands else None)
     n = len(dataset)
     indices = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)) if n else []
     encoder = _load(model, device)
