@@ -244,6 +244,47 @@ def health_cmd(
         atomic_write_json(out, report)
 
 
+@eval_app.command("bench")
+def bench_cmd(
+    root: Path = typer.Option(
+        ..., "--root", help="Folder holding the datasets as their archives unpack (AID/, ...)."
+    ),
+    model: list[str] = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Repeatable: registry name, folder, file, hf://..., timm:NAME or random:ARCH.",
+    ),
+    suite: str = typer.Option(
+        "scene", "--suite", help="scene, scene-rgb, or comma-separated datasets (aid,ucmerced,...)."
+    ),
+    out: Path = typer.Option(Path("bench"), "--out", "-o", help="Folder for results.{md,csv,json,png}."),
+    cache: Path = typer.Option(None, "--cache", help="Feature cache folder (default OUT/cache)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds: one stratified split each."),
+    probes: str = typer.Option(
+        "knn,linear,fewshot", "--probes", help="Comma-separated: knn, linear, fewshot."
+    ),
+    shots: int = typer.Option(5, "--shots", help="Training images per class of the few-shot kNN probe."),
+    size: int = typer.Option(None, "--size", help="Resize images to SIZE px (default: native size)."),
+    epochs: int = typer.Option(100, "--epochs", help="Linear-probe epochs."),
+    batch_size: int = BATCH,
+    device: str = DEVICE,
+    bf16: bool = BF16,
+    workers: int = WORKERS,
+) -> None:
+    """Several models on a suite of public datasets with their published protocols: one table and chart."""
+    from eo_jepa.eval.bench import BenchConfig, markdown_table, run_bench
+
+    cfg = BenchConfig(
+        root=root, models=list(model), out=out, suite=suite, cache=cache, seeds=tuple(_ints(seeds, "--seeds")),
+        probes=tuple(p.strip() for p in probes.split(",") if p.strip()), shots=shots, size=size,
+        batch_size=batch_size, device=device, bf16=bf16, workers=workers, linear_epochs=epochs,
+    )  # fmt: skip
+    rows = run_bench(cfg)
+    typer.echo(markdown_table(rows))
+    typer.echo(f"wrote {out / 'results.md'}, results.csv, results.json, results.png")
+
+
 def embed_cmd(
     model: str = MODEL,
     data: str = typer.Option(..., "--data", "-d", help="A chip store folder."),

@@ -142,7 +142,9 @@ class ImageFolderDataset:
     given explicitly; ``None`` means unnamed bands.
     """
 
-    def __init__(self, root: str | Path, *, bands: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, root: str | Path, *, bands: Sequence[str] | None = None, channels: Sequence[int] | None = None
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"Dataset folder {str(self.root)!r} does not exist; pass an existing folder.")
@@ -166,8 +168,10 @@ class ImageFolderDataset:
         self.labels: list[str | None] = list(labels)
         self.classes = sorted(set(labels))
         self.ids = [p.relative_to(self.root).as_posix() for p in paths]
+        # channels: file channels kept (0-based, in this order) before naming, e.g. EuroSAT-MS without B10
+        self.channels = None if channels is None else [int(c) for c in channels]
         self.bands: tuple[str, ...] | None = resolve_bands(
-            bands, read_image(paths[0])[1], f"image folder {str(self.root)!r}"
+            bands, None if self.channels else read_image(paths[0])[1], f"image folder {str(self.root)!r}"
         )
         self.sensor = None
 
@@ -176,6 +180,13 @@ class ImageFolderDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         pixels, names = read_image(self.paths[i])
+        if self.channels is not None:
+            if max(self.channels) >= pixels.shape[0]:
+                raise DataError(
+                    f"Image {self.ids[i]!r} has {pixels.shape[0]} bands, fewer than this dataset's layout reads; "
+                    "keep one band layout per dataset."
+                )
+            pixels, names = pixels[self.channels], None
         pixels = select_bands(pixels, names, self.bands, self.ids[i])
         return {"pixels": pixels, "label": self.labels[i], "chip_id": self.ids[i], "row": i}
 
