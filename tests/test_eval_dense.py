@@ -130,3 +130,35 @@ def test_pair_layout_errors_are_one_sentence(tmp_path):
     (tmp_path / "e").mkdir()
     with pytest.raises(DataError, match="No image/mask pairs"):
         find_pairs(tmp_path / "e")
+
+
+def test_eval_dense_cli_on_a_pair_folder(tmp_path):
+    """`eo-jepa eval dense` end to end on a folder of PNG pairs with a real (untrained) ViT: the JSON's
+    figures are consistent with its confusion matrix (independent IoU formula)."""
+    import json
+
+    import torch
+    from typer.testing import CliRunner
+
+    from eo_jepa.cli import app
+    from eo_jepa.models import build_encoder, save_encoder
+
+    rng = np.random.default_rng(4)
+    _write_pairs(tmp_path / "pairs", [f"p{i}" for i in range(6)], rng)
+    (tmp_path / "pairs" / "classes.json").write_text(
+        json.dumps({"1": "red", "2": "green", "3": "blue", "4": "yellow"})
+    )
+    torch.manual_seed(0)
+    enc = build_encoder("vit_tiny_patch8", ("red", "green", "blue"), img_size=32,
+                        norm_stats={b: {"mean": 120.0, "std": 80.0} for b in ("red", "green", "blue")})  # fmt: skip
+    model = save_encoder(enc, tmp_path / "m", provenance={"run": "test_eval_dense"})
+    result = CliRunner().invoke(app, ["eval", "dense", "--model", str(model), "--data", str(tmp_path / "pairs"),
+                                      "--seeds", "0", "--out", str(tmp_path / "d.json")])  # fmt: skip
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    rep = json.loads((tmp_path / "d.json").read_text())
+    conf = np.asarray(rep["confusion"], dtype=np.float64)
+    iou = [conf[i, i] / (conf[i].sum() + conf[:, i].sum() - conf[i, i]) for i in range(len(conf))]
+    assert list(rep["per_class_iou"]) == ["red", "green", "blue", "yellow"][: len(conf)]
+    assert np.allclose(list(rep["per_class_iou"].values()), iou) and np.isclose(rep["miou"], np.mean(iou))
+    # --test-fraction 0.2 of 6 images: 1 held out
+    assert conf.sum() == rep["num_test_pixels"] == 32 * 32 and "(5 train / 1 test images)" in result.output

@@ -236,10 +236,19 @@ def test_local_file_without_normalisation_is_refused_with_the_fixing_call(tmp_pa
     assert info["load"] == call and info["carries_normalisation"] is False and info["patch_size"] == 16
 
 
-def test_cached_named_model_makes_no_network_call_even_online(tmp_path, hub_cache, no_network, monkeypatch):
-    """With the file in the cache, eo_jepa.load(name) answers from it: HF_HUB_OFFLINE unset, sockets guarded."""
+def test_cached_named_model_makes_no_network_call_even_online(tmp_path, hub_cache, monkeypatch):
+    """With the file in the cache, eo_jepa.load(name) answers from it without trying the network at all
+    (HF_HUB_OFFLINE unset; huggingface_hub alone would try the Hub first and fall back to the cache)."""
     import huggingface_hub.constants as hf_constants
 
+    attempts = []
+
+    def refuse(self, address):
+        attempts.append(address)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: refuse(None, a[0] if a else None))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     _, ckpt = fake_legacy(kind="vit_tiny_patch8", img_size=64)
@@ -247,6 +256,7 @@ def test_cached_named_model_makes_no_network_call_even_online(tmp_path, hub_cach
     spec = registry.get_spec("lejepa-vits8-s2-5band")
     put_in_hf_cache(hub_cache, spec.repo_id, spec.filename, tmp_path / "legacy.pt")
     assert eo_jepa.load("lejepa-vits8-s2-5band").arch == "vit_tiny_patch8"
+    assert attempts == []
 
 
 def test_uncached_model_with_unreachable_hub_fails_in_seconds(monkeypatch):

@@ -244,6 +244,40 @@ def health_cmd(
         atomic_write_json(out, report)
 
 
+@eval_app.command("dense")
+def dense_cmd(
+    model: str = MODEL,
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="A folder of image + mask pairs (images/ and masks/)."
+    ),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (head init and order)."),
+    ignore_index: int = typer.Option(0, "--ignore-index", help="Mask code that is not scored (-1: none)."),
+    test_fraction: float = TEST_FRACTION,
+    split_seed: int = SPLIT_SEED,
+    bands: str = BANDS,
+    batch_size: int = typer.Option(16, "--batch-size", help="Windows per batch."),
+    device: str = DEVICE,
+    bf16: bool = BF16,
+    out: Path = OUT_JSON,
+) -> None:
+    """Linear per-patch segmentation probe on frozen dense features: mIoU and per-class IoU on held-out images."""
+    from eo_jepa.eval.dense import SegmentationFolder, dense_probe, split_folder
+    from eo_jepa.utils.io import atomic_write_json
+
+    folder = SegmentationFolder(data, bands=bands.split(",") if bands else None)
+    split = split_folder(folder, test_fraction=test_fraction, seed=split_seed)
+    encoder = _load(model, device)
+    res = dense_probe(
+        encoder, [folder[int(i)] for i in split["train"]], [folder[int(i)] for i in split["test"]],
+        ignore_index=None if ignore_index < 0 else ignore_index, class_names=folder.class_names,
+        seeds=_ints(seeds, "--seeds"), batch_size=batch_size, device=device, bf16=bf16,
+    )  # fmt: skip
+    typer.echo(f"{model} on {data} ({len(split['train'])} train / {len(split['test'])} test images)")
+    typer.echo(res.summary())
+    if out is not None:
+        atomic_write_json(out, {"model": model, "data": str(data), **res.to_dict()})
+
+
 @eval_app.command("bench")
 def bench_cmd(
     root: Path = typer.Option(
