@@ -98,7 +98,11 @@ def test_bench_table_matches_sklearn_and_resumes_from_cache(layouts, rgb_model, 
     with (out / "results.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == len(rows)
     md = (out / "results.md").read_text()
-    assert "UC Merced 80% knn" in md and "n/a (bands)" in md and "EuroSAT (13-band) 80% linear" in md
+    assert (
+        "| UC Merced | 80% | knn |" in md
+        and "n/a (bands)" in md
+        and "| EuroSAT (13-band) | 80% | linear |" in md
+    )
 
     # kNN cross-checked against scikit-learn on the cached features, split by the same seeds
     cached = sorted((out / "cache").glob("*/ucmerced-*-native/features.npy"))

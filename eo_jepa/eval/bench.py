@@ -325,18 +325,18 @@ def _cell(r: Row) -> str:
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
-    """Models as rows, (dataset, ratio, probe) as columns: top-1 % mean ± std over seeds."""
+    """(dataset, training ratio, probe) as rows, models as columns: top-1 % mean ± std over seeds."""
     order = list(dict.fromkeys(r.dataset for r in rows))
-    cols = sorted(
+    keys = sorted(
         {(r.dataset, r.train_ratio, r.probe) for r in rows if not r.note},
         key=lambda c: (order.index(c[0]), c[1], PROBES.index(c[2])),
     )
     models = list(dict.fromkeys(r.model for r in rows))
-    head = ["model", *(f"{get_layout(d).title} {round(100 * t)}% {p}" for d, t, p in cols)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in models:
-        cells = [m]
-        for d, t, p in cols:
+    lines = ["| dataset | train | probe | " + " | ".join(f"`{m}`" for m in models) + " |"]
+    lines.append("|---|---:|---|" + "---:|" * len(models))
+    for d, t, p in keys:
+        cells = [get_layout(d).title, f"{round(100 * t)}%", p]
+        for m in models:
             hit = next(
                 (r for r in rows if (r.model, r.dataset, r.train_ratio, r.probe) == (m, d, t, p)), None
             )

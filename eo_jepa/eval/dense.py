@@ -192,13 +192,24 @@ def item_features(
     bf16: bool = False,
 ) -> list[np.ndarray]:
     """Dense features (D, ceil(H/p), ceil(W/p)) of each item (see :func:`eo_jepa.eval.features.dense_features`)."""
+    from tqdm.auto import tqdm
+
     from eo_jepa.eval.features import dense_features
+    from eo_jepa.utils.logging import progress_disabled
 
     out = []
-    for it in items:
+    for it in tqdm(list(items), desc="dense features", unit="img", disable=progress_disabled()):
         win = _window(encoder, *it.pixels.shape[1:])
         out.append(
-            dense_features(encoder, it.pixels, window=win, batch_size=batch_size, device=device, bf16=bf16)
+            dense_features(
+                encoder,
+                it.pixels,
+                window=win,
+                batch_size=batch_size,
+                device=device,
+                bf16=bf16,
+                progress=False,
+            )
         )
     return out
 
