@@ -9,6 +9,9 @@ Variants, side by side in one run, for the same model, weights and batch on CPU:
 - ``pipeline``: :func:`eo_jepa.eval.features.extract_features` over an in-memory dataset of raw
   chips (item dicts → batches → band selection → normalise → embed → NumPy), i.e. what
   ``eo-jepa embed`` and the probes run per batch.
+- ``bench`` vs ``timm_probe``: the probe features ``eo-jepa eval bench`` extracts (last-two-block
+  CLS through ``extract_features``) vs timm's own ``forward_intermediates`` giving the same
+  features from a normalised batch; ``bench/timm`` is their throughput ratio (target >= 0.95).
 
 Models (random weights): ViT-S/8 5-band at 256 px and DINOv3 ViT-L/16 RGB at 224 px. Clock:
 process CPU time with one torch thread by default (what the work costs, robust to other jobs on a
@@ -82,10 +85,29 @@ def bench_model(arch: str, bands: tuple[str, ...], size: int, batch: int, rounds
     def run_pipeline() -> np.ndarray:
         return extract_features(enc, data, kind="global", batch_size=batch)
 
-    variants = {"timm": run_timm, "encoder": run_encoder, "pipeline": run_pipeline}
+    def run_timm_probe() -> torch.Tensor:  # the bare timm equivalent of the probe features
+        with torch.inference_mode():
+            outs = enc.backbone.forward_intermediates(
+                x, indices=2, return_prefix_tokens=True, norm=True, output_fmt="NLC", intermediates_only=True
+            )
+            if enc.pooling == "cls":
+                return torch.cat([prefix[:, 0] for _, prefix in outs], dim=-1)
+            return torch.cat([spatial.mean(1) for spatial, _ in outs], dim=-1)
+
+    def run_bench() -> np.ndarray:  # what `eo-jepa eval bench` runs per chunk (probe features)
+        return extract_features(enc, data, kind="probe", batch_size=batch)
+
+    variants = {
+        "timm": run_timm, "encoder": run_encoder, "pipeline": run_pipeline,
+        "timm_probe": run_timm_probe, "bench": run_bench,
+    }  # fmt: skip
     outs = {name: fn() for name, fn in variants.items()}  # warm-up (and a correctness check)
     ref = outs["timm"].float().numpy()
-    max_dev = max(float(np.abs(np.asarray(o, dtype=np.float32) - ref).max()) for o in outs.values())
+    max_dev = max(
+        float(np.abs(np.asarray(outs[n], dtype=np.float32) - ref).max())
+        for n in ("timm", "encoder", "pipeline")
+    )
+    probe_dev = float(np.abs(np.asarray(outs["bench"]) - outs["timm_probe"].float().numpy()).max())
     times: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for k in range(rounds):
@@ -103,12 +125,15 @@ def bench_model(arch: str, bands: tuple[str, ...], size: int, batch: int, rounds
         "batch": batch,
         "params_m": round(sum(p.numel() for p in enc.parameters()) / 1e6, 1),
         "max_abs_dev": max_dev,
+        "probe_max_abs_dev": probe_dev,
     }
     for name, t in med.items():
         row[f"{name}_img_s"] = round(batch / t, 3)
         row[f"{name}_median_img_s"] = round(batch / statistics.median(times[name]), 3)
     for name in ("encoder", "pipeline"):
         row[f"{name}_overhead_pct"] = round(100 * (med[name] / med["timm"] - 1), 2)
+    # eval bench's path vs the bare timm forward producing the same probe features (target >= 0.95)
+    row["bench_vs_timm"] = round(med["timm_probe"] / med["bench"], 4)
     # The wrapper's own work, timed alone (milliseconds, so far less exposed to machine noise):
     # normalisation (the only step Encoder adds to the backbone forward) and the pipeline's item
     # reading + batching, each as a share of one bare timm forward.
@@ -159,7 +184,8 @@ def main() -> None:
     ]
     head = (
         f"{'model':18s} {'C':>2s} {'px':>4s} {'B':>2s} {'timm img/s':>11s} {'Encoder img/s':>14s} "
-        f"{'overhead':>9s} {'pipeline img/s':>15s} {'overhead':>9s} {'normalize':>10s} {'data':>8s}"
+        f"{'overhead':>9s} {'pipeline img/s':>15s} {'overhead':>9s} {'normalize':>10s} {'data':>8s} "
+        f"{'bench/timm':>10s}"
     )
     print(head)
     print("-" * len(head))
@@ -167,7 +193,8 @@ def main() -> None:
         print(
             f"{r['model']:18s} {r['bands']:2d} {r['img_size']:4d} {r['batch']:2d} {r['timm_img_s']:11.3f} "
             f"{r['encoder_img_s']:14.3f} {r['encoder_overhead_pct']:8.2f}% {r['pipeline_img_s']:15.3f} "
-            f"{r['pipeline_overhead_pct']:8.2f}% {r['normalize_cost_pct']:9.3f}% {r['data_cost_pct']:7.3f}%"
+            f"{r['pipeline_overhead_pct']:8.2f}% {r['normalize_cost_pct']:9.3f}% {r['data_cost_pct']:7.3f}% "
+            f"{r['bench_vs_timm']:10.3f}"
         )
     print(
         json.dumps(

@@ -303,15 +303,48 @@ def s2_offset_for_baseline(baseline: object) -> int:
     return S2_BOA_ADD_OFFSET if value is not None and value >= S2_OFFSET_BASELINE else 0
 
 
+def match_band(text: str | None) -> str | None:
+    """The canonical band name that ``text`` denotes, or None: THE band-name matcher.
+
+    Used wherever a band is named by a user or a file (``--bands``, config ``data.bands``, GeoTIFF
+    band descriptions in evaluation and training folders, checkpoints). Case and surrounding space
+    are ignored; accepted are canonical names (``red``), aliases (``R``, ``swir1``), sensor labels
+    (``B04``, also unpadded ``B4``) and single-band provider asset keys (``B8A``, ``nir08``). A
+    multi-band asset key (NAIP ``image``) names no band.
+    """
+    if not text or not str(text).strip():
+        return None
+    key = str(text).strip().lower()
+    if len(key) == 2 and key[0] == "b" and key[1].isdigit():
+        key = f"b0{key[1]}"  # B4 -> B04, the label Sentinel-2 products use
+    key = _ALIASES.get(key, key)
+    for sensor in SENSORS.values():
+        asset_keys = [v.lower() for b in sensor.bands for v in set(b.assets.values())]
+        for b in sensor.bands:
+            if key in (b.name, b.sensor_band.lower()):
+                return b.name
+            if asset_keys.count(key) == 1 and key in (v.lower() for v in b.assets.values()):
+                return b.name
+    return None
+
+
+def match_bands(texts: Sequence[str | None]) -> tuple[str, ...] | None:
+    """Canonical names of every entry of ``texts`` (e.g. a raster's band descriptions), or None unless all match."""
+    names = [match_band(t) for t in texts]
+    if not names or any(n is None for n in names):
+        return None
+    return tuple(n for n in names if n is not None)
+
+
 def band_info(name: str, sensor: str | None = None) -> Band:
-    """A band by canonical name, from ``sensor`` or the first sensor that has it."""
+    """A band by any name :func:`match_band` accepts, from ``sensor`` or the first sensor that has it."""
     if sensor is not None:
         return get_sensor(sensor).band(name)
+    canonical = match_band(name)
     for s in SENSORS.values():
-        try:
-            return s.band(name)
-        except BandMismatchError:
-            continue
+        for b in s.bands:
+            if b.name == canonical:
+                return b
     known = sorted({b.name for s in SENSORS.values() for b in s.bands})
     raise BandMismatchError(
         f"Unknown band {name!r}; known bands are: {', '.join(known)}.{did_you_mean(name, known)}"

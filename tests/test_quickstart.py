@@ -220,3 +220,23 @@ def test_out_is_a_file(tmp_path):
     target.write_text("x")
     with pytest.raises(DataError, match="is a file"):
         run_quickstart(target, size="tiny")
+
+
+def test_dense_probe_next_to_knn(quickstart):
+    from eo_jepa.demo.scenes import CLASSES
+
+    """The summary shows the local-task side too: the linear per-patch land-cover probe, untrained vs pretrained."""
+    state = json.loads((quickstart["out"] / STATE_FILE).read_text())
+    ev = state["steps"]["evaluate"]["outputs"]
+    dense = json.loads(Path(ev["dense_json"]).read_text())
+    for tag in ("untrained", "pretrained"):
+        res = dense[tag]
+        assert ev[f"dense_miou_{tag}"] == res["miou"]
+        iou = [v for v in res["per_class_iou"].values() if v == v]
+        assert set(res["per_class_iou"]) <= set(CLASSES) and len(res["per_class_iou"]) >= 2
+        assert math.isclose(res["miou"], sum(iou) / len(iou))
+        conf = np.asarray(res["confusion"])
+        assert conf.sum() == res["num_test_pixels"] > 0
+        assert 0.0 < res["miou"] <= 1.0
+    printed = re.findall(r"encoder:?\s*:?\s+mIoU ([0-9.]+)", quickstart["stdout"])
+    assert printed == [f"{ev['dense_miou_untrained']:.3f}", f"{ev['dense_miou_pretrained']:.3f}"]

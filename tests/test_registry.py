@@ -13,7 +13,7 @@ import torch
 from models_fakes import fake_legacy, fake_meta_dinov3, put_in_hf_cache
 
 import eo_jepa
-from eo_jepa.errors import CheckpointError, ModelNotFoundError
+from eo_jepa.errors import CheckpointError, ConfigError, ModelNotFoundError
 from eo_jepa.models import registry
 from eo_jepa.models.checkpoint import save_encoder
 from eo_jepa.models.dinov3 import CORE_JEPA_PREFIX
@@ -201,11 +201,82 @@ def test_unknown_name_lists_known_and_closest():
         assert name in msg
 
 
-def test_local_file_without_normalisation_is_refused(tmp_path):
-    _, meta = fake_meta_dinov3()
-    torch.save(meta, tmp_path / "dino.pth")
-    with pytest.raises(CheckpointError, match="no normalisation statistics; register it"):
-        eo_jepa.load(tmp_path / "dino.pth")
+def test_local_file_without_normalisation_is_refused_with_the_fixing_call(tmp_path, capsys):
+    """A Meta DINOv3 .pth loads by path once `norm=` says how to normalise; the refusal shows that call."""
+    ref, meta = fake_meta_dinov3()
+    path = tmp_path / "dino.pth"
+    torch.save(meta, path)
+    with pytest.raises(CheckpointError) as err:
+        eo_jepa.load(path)
+    msg = str(err.value)
+    call = re.search(r"eo_jepa\.load\([^)]*\)", msg).group(0)
+    assert call == f"eo_jepa.load({str(path)!r}, norm='sat493m')" and "\n" not in msg
+    enc = eval(call, {"eo_jepa": eo_jepa})  # the very call the message shows works
+    raw = _rgb_batch(1, 32)
+    x = _reference_input(raw, SAT["mean"], SAT["std"])
+    torch.testing.assert_close(enc.normalize(raw), x, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), ref(x), rtol=1e-5, atol=1e-5)
+    # an explicit per-band dict (here ImageNet-style statistics in 0-255 units), arch given
+    stats = {b: {"mean": 120.0, "std": 60.0} for b in ("red", "green", "blue")}
+    enc2 = eo_jepa.load(str(path), norm=stats, bands=["R", "G", "B"], arch="dinov3_vits16_qkvb")
+    assert enc2.bands == ("red", "green", "blue") and enc2.norm_stats["red"] == {"mean": 120.0, "std": 60.0}
+    with pytest.raises(ConfigError, match=r"Unknown normalisation 'sat'.*Did you mean 'sat493m'"):
+        eo_jepa.load(path, norm="sat")
+    with pytest.raises(ConfigError, match="describe a foreign checkpoint file"):
+        eo_jepa.load("core-jepa-l", norm="sat493m")
+    # models info on a file: the format and the call that loads it, through the real CLI
+    from eo_jepa.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "info", str(path)])
+    assert exc.value.code == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "meta-dinov3" and info["arch"] == "dinov3_vits16_qkvb"
+    assert info["load"] == call and info["carries_normalisation"] is False and info["patch_size"] == 16
+
+
+def test_cached_named_model_makes_no_network_call_even_online(tmp_path, hub_cache, monkeypatch):
+    """With the file in the cache, eo_jepa.load(name) answers from it without trying the network at all
+    (HF_HUB_OFFLINE unset; huggingface_hub alone would try the Hub first and fall back to the cache)."""
+    import huggingface_hub.constants as hf_constants
+
+    attempts = []
+
+    def refuse(self, address):
+        attempts.append(address)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: refuse(None, a[0] if a else None))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    _, ckpt = fake_legacy(kind="vit_tiny_patch8", img_size=64)
+    torch.save(ckpt, tmp_path / "legacy.pt")
+    spec = registry.get_spec("lejepa-vits8-s2-5band")
+    put_in_hf_cache(hub_cache, spec.repo_id, spec.filename, tmp_path / "legacy.pt")
+    assert eo_jepa.load("lejepa-vits8-s2-5band").arch == "vit_tiny_patch8"
+    assert attempts == []
+
+
+def test_uncached_model_with_unreachable_hub_fails_in_seconds(monkeypatch):
+    """No cache and no network: one sentence within seconds (huggingface_hub alone retries for ~20 s)."""
+    import time
+
+    import huggingface_hub.constants as hf_constants
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    t0 = time.perf_counter()
+    with pytest.raises(
+        ModelNotFoundError, match=r"is not in the Hugging Face cache and 127\.0\.0\.1 cannot be reached"
+    ):
+        eo_jepa.load("dinov3-vitl16-sat493m")
+    assert time.perf_counter() - t0 < 8
 
 
 def test_local_legacy_file_and_timm_folder(tmp_path):

@@ -83,7 +83,7 @@ def test_raster_folder_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         RasterFolderDataset(tmp_path / "nope", ["red"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match=r"No \.tif/\.tiff/\.nc/\.zarr files"):
+    with pytest.raises(DataError, match=r"No \.tif/\.tiff/\.nc/\.zarr/\.png/\.jpg files"):
         RasterFolderDataset(tmp_path / "empty", ["red"])
     _write_tifs(tmp_path / "t")
     with pytest.raises(DataError, match="out of range"):

@@ -33,7 +33,10 @@ RESPLIT = typer.Option(
     False, "--resplit", help="Ignore a chip store's split column; split by class with the seed."
 )
 BANDS = typer.Option(
-    None, "--bands", help="Band names of unnamed GeoTIFFs in an image folder, e.g. red,green,blue."
+    None,
+    "--bands",
+    help="Bands to use, by name (red,green,blue; B04,B03,B02): they name the channels of unnamed images "
+    "and select channels of chip stores and named TIFFs; an unknown or absent band is an error.",
 )
 OUT_JSON = typer.Option(None, "--out", help="Also write the results as JSON here.")
 WORKERS = typer.Option(0, "--workers", help="Processes reading images in parallel (0: in the main process).")
@@ -213,19 +216,14 @@ def health_cmd(
     """Effective rank (RankMe) and the SIGReg statistic of the encoder's embeddings of a dataset."""
     import numpy as np
 
-    from eo_jepa.eval.datasets import ImageFolderDataset
+    from eo_jepa.eval.datasets import open_unlabelled
     from eo_jepa.eval.features import extract_features
     from eo_jepa.eval.health import representation_health
     from eo_jepa.utils.io import atomic_write_json
 
     if kind not in ("global", "probe"):
         raise ConfigError(f"--features must be 'global' or 'probe', got {kind!r}.")
-    if (Path(data) / "dataset.json").is_file():
-        from eo_jepa.chips import ChipDataset
-
-        dataset: Any = ChipDataset(data)
-    else:
-        dataset = ImageFolderDataset(data, bands=bands.split(",") if bands else None)
+    dataset = open_unlabelled(data, bands=bands.split(",") if bands else None)
     n = len(dataset)
     indices = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)) if n else []
     encoder = _load(model, device)
@@ -244,6 +242,81 @@ def health_cmd(
         typer.echo(f"{key:>20s}: {value}")
     if out is not None:
         atomic_write_json(out, report)
+
+
+@eval_app.command("dense")
+def dense_cmd(
+    model: str = MODEL,
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="A folder of image + mask pairs (images/ and masks/)."
+    ),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (head init and order)."),
+    ignore_index: int = typer.Option(0, "--ignore-index", help="Mask code that is not scored (-1: none)."),
+    test_fraction: float = TEST_FRACTION,
+    split_seed: int = SPLIT_SEED,
+    bands: str = BANDS,
+    batch_size: int = typer.Option(16, "--batch-size", help="Windows per batch."),
+    device: str = DEVICE,
+    bf16: bool = BF16,
+    out: Path = OUT_JSON,
+) -> None:
+    """Linear per-patch segmentation probe on frozen dense features: mIoU and per-class IoU on held-out images."""
+    from eo_jepa.eval.dense import SegmentationFolder, dense_probe, split_folder
+    from eo_jepa.utils.io import atomic_write_json
+
+    folder = SegmentationFolder(data, bands=bands.split(",") if bands else None)
+    split = split_folder(folder, test_fraction=test_fraction, seed=split_seed)
+    encoder = _load(model, device)
+    res = dense_probe(
+        encoder, [folder[int(i)] for i in split["train"]], [folder[int(i)] for i in split["test"]],
+        ignore_index=None if ignore_index < 0 else ignore_index, class_names=folder.class_names,
+        seeds=_ints(seeds, "--seeds"), batch_size=batch_size, device=device, bf16=bf16,
+    )  # fmt: skip
+    typer.echo(f"{model} on {data} ({len(split['train'])} train / {len(split['test'])} test images)")
+    typer.echo(res.summary())
+    if out is not None:
+        atomic_write_json(out, {"model": model, "data": str(data), **res.to_dict()})
+
+
+@eval_app.command("bench")
+def bench_cmd(
+    root: Path = typer.Option(
+        ..., "--root", help="Folder holding the datasets as their archives unpack (AID/, ...)."
+    ),
+    model: list[str] = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Repeatable: registry name, folder, file, hf://..., timm:NAME or random:ARCH.",
+    ),
+    suite: str = typer.Option(
+        "scene", "--suite", help="scene, scene-rgb, or comma-separated datasets (aid,ucmerced,...)."
+    ),
+    out: Path = typer.Option(Path("bench"), "--out", "-o", help="Folder for results.{md,csv,json,png}."),
+    cache: Path = typer.Option(None, "--cache", help="Feature cache folder (default OUT/cache)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds: one stratified split each."),
+    probes: str = typer.Option(
+        "knn,linear,fewshot", "--probes", help="Comma-separated: knn, linear, fewshot."
+    ),
+    shots: int = typer.Option(5, "--shots", help="Training images per class of the few-shot kNN probe."),
+    size: int = typer.Option(None, "--size", help="Resize images to SIZE px (default: native size)."),
+    epochs: int = typer.Option(100, "--epochs", help="Linear-probe epochs."),
+    batch_size: int = BATCH,
+    device: str = DEVICE,
+    bf16: bool = BF16,
+    workers: int = WORKERS,
+) -> None:
+    """Several models on a suite of public datasets with their published protocols: one table and chart."""
+    from eo_jepa.eval.bench import BenchConfig, markdown_table, run_bench
+
+    cfg = BenchConfig(
+        root=root, models=list(model), out=out, suite=suite, cache=cache, seeds=tuple(_ints(seeds, "--seeds")),
+        probes=tuple(p.strip() for p in probes.split(",") if p.strip()), shots=shots, size=size,
+        batch_size=batch_size, device=device, bf16=bf16, workers=workers, linear_epochs=epochs,
+    )  # fmt: skip
+    rows = run_bench(cfg)
+    typer.echo(markdown_table(rows))
+    typer.echo(f"wrote {out / 'results.md'}, results.csv, results.json, results.png")
 
 
 def embed_cmd(

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from eo_jepa.errors import DataError
+from eo_jepa.errors import BandMismatchError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -34,47 +36,102 @@ RGB_BANDS = ("red", "green", "blue")
 SPLITS = ("train", "val", "test")
 
 
-def _canonical_band(description: str | None) -> str | None:
-    """A band description as a canonical band name ('red', 'B04' → 'red'), or None."""
-    if not description:
-        return None
-    from eo_jepa.bands import SENSORS
-
-    text = description.strip()
-    for sensor in SENSORS.values():
-        for band in sensor.bands:
-            if text.lower() == band.name or text.upper() == band.sensor_band.upper():
-                return band.name
-    return None
-
-
 def raster_band_names(descriptions: Sequence[str | None]) -> tuple[str, ...] | None:
-    """Canonical names of a raster's bands from its descriptions, or None unless all are named."""
-    names = [_canonical_band(d) for d in descriptions]
-    if not names or any(n is None for n in names):
-        return None
-    return tuple(n for n in names if n is not None)
+    """Canonical names of a raster's bands from its descriptions, or None unless all are named.
+
+    Names are matched by :func:`eo_jepa.bands.match_band`, the one matcher the trainer uses too.
+    """
+    from eo_jepa.bands import match_bands
+
+    return match_bands(descriptions)
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, tuple[str, ...] | None]:
-    """Pixels (C, H, W) float32 in the file's units and the band names (None when unnamed)."""
+@contextmanager
+def quiet_rasterio() -> Iterator[None]:
+    """Silence rasterio's NotGeoreferencedWarning: plain images (JPEG/PNG/TIFF tiles of scene datasets)
+    carry no georeferencing, and a warning per read would drown a run's log."""
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
+def read_image(path: str | Path, *, mask: bool = False) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """Pixels (C, H, W) float32 in the file's units (8- or 16-bit kept as is) and the band names.
+
+    TIFFs (georeferenced or not, any band count: EuroSAT's 13-band files) are read with rasterio,
+    named by their band descriptions when every one matches a band; JPEG/PNG with Pillow: 3 or 4
+    channels are red, green, blue (alpha dropped); a single channel (grey, 16-bit, palette) is
+    unnamed. ``mask=True`` keeps palette indices (segmentation masks) instead of converting them.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
             import rasterio
 
-            with rasterio.open(path) as src:
+            with quiet_rasterio(), rasterio.open(path) as src:
                 return src.read().astype(np.float32), raster_band_names(src.descriptions)
         from PIL import Image
 
         with Image.open(path) as img:
-            arr = np.asarray(img.convert("RGB"), dtype=np.float32)
-        return np.ascontiguousarray(arr.transpose(2, 0, 1)), RGB_BANDS
+            if not mask and img.mode in ("LA", "1"):
+                arr = np.asarray(img.convert("L"))
+            elif not mask and img.mode in ("P", "PA", "CMYK", "YCbCr", "HSV", "LAB"):
+                arr = np.asarray(img.convert("RGB"))
+            else:
+                arr = np.asarray(img)
+        if arr.ndim == 2:
+            return arr.astype(np.float32)[None], None
+        arr = arr[..., :3] if arr.shape[-1] == 4 else arr
+        names = RGB_BANDS if arr.shape[-1] == 3 else None
+        return np.ascontiguousarray(arr.transpose(2, 0, 1).astype(np.float32)), names
     except (OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"Cannot read image {str(path)!r} ({exc}); remove or replace the file.") from exc
+
+
+def resolve_bands(
+    given: Sequence[str] | None, in_file: tuple[str, ...] | None, what: str
+) -> tuple[str, ...] | None:
+    """The band names of a dataset: ``given`` (by name, each must be known and present in the files when
+    they name their bands), else the names the files carry, else None (unnamed)."""
+    if given is None:
+        return in_file
+    from eo_jepa.models.encoder import canonical_bands
+
+    names = canonical_bands(given)
+    if in_file is not None:
+        missing = [b for b in names if b not in in_file]
+        if missing:
+            raise BandMismatchError(
+                f"Bands {missing} are not in {what}, which has {list(in_file)}; choose --bands among those."
+            )
+    return names
+
+
+def select_bands(
+    pixels: np.ndarray, names: tuple[str, ...] | None, bands: tuple[str, ...] | None, item: str
+) -> np.ndarray:
+    """``pixels`` with the channels of ``bands`` in that order (by name, or checked by count when unnamed)."""
+    if bands is None:
+        return pixels
+    if names is None:
+        if pixels.shape[0] != len(bands):
+            raise DataError(
+                f"Image {item!r} has {pixels.shape[0]} bands but the dataset has {len(bands)} "
+                f"{list(bands)}; keep one band layout per dataset."
+            )
+        return pixels
+    if names == bands:
+        return pixels
+    if not set(bands) <= set(names):
+        raise DataError(
+            f"Image {item!r} has bands {list(names)} but the dataset has {list(bands)}; keep one band layout per dataset."
+        )
+    return pixels[[names.index(b) for b in bands]]
 
 
 class ImageFolderDataset:
@@ -85,7 +142,9 @@ class ImageFolderDataset:
     given explicitly; ``None`` means unnamed bands.
     """
 
-    def __init__(self, root: str | Path, *, bands: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, root: str | Path, *, bands: Sequence[str] | None = None, channels: Sequence[int] | None = None
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"Dataset folder {str(self.root)!r} does not exist; pass an existing folder.")
@@ -109,12 +168,11 @@ class ImageFolderDataset:
         self.labels: list[str | None] = list(labels)
         self.classes = sorted(set(labels))
         self.ids = [p.relative_to(self.root).as_posix() for p in paths]
-        if bands is not None:
-            from eo_jepa.models.encoder import canonical_bands
-
-            self.bands: tuple[str, ...] | None = canonical_bands(bands)
-        else:
-            self.bands = read_image(paths[0])[1]
+        # channels: file channels kept (0-based, in this order) before naming, e.g. EuroSAT-MS without B10
+        self.channels = None if channels is None else [int(c) for c in channels]
+        self.bands: tuple[str, ...] | None = resolve_bands(
+            bands, None if self.channels else read_image(paths[0])[1], f"image folder {str(self.root)!r}"
+        )
         self.sensor = None
 
     def __len__(self) -> int:
@@ -122,19 +180,14 @@ class ImageFolderDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         pixels, names = read_image(self.paths[i])
-        expected = len(self.bands) if self.bands is not None else None
-        if expected is not None and names is None and pixels.shape[0] != expected:
-            raise DataError(
-                f"Image {self.ids[i]!r} has {pixels.shape[0]} bands but the dataset has {expected} "
-                f"{list(self.bands or [])}; keep one band layout per dataset."
-            )
-        if self.bands is not None and names is not None and names != self.bands:
-            if not set(self.bands) <= set(names):
+        if self.channels is not None:
+            if max(self.channels) >= pixels.shape[0]:
                 raise DataError(
-                    f"Image {self.ids[i]!r} has bands {list(names)} but the dataset has {list(self.bands)}; "
+                    f"Image {self.ids[i]!r} has {pixels.shape[0]} bands, fewer than this dataset's layout reads; "
                     "keep one band layout per dataset."
                 )
-            pixels = pixels[[names.index(b) for b in self.bands]]
+            pixels, names = pixels[self.channels], None
+        pixels = select_bands(pixels, names, self.bands, self.ids[i])
         return {"pixels": pixels, "label": self.labels[i], "chip_id": self.ids[i], "row": i}
 
 
@@ -217,6 +270,24 @@ def read_split_file(path: str | Path, ids: Sequence[str]) -> dict[str, np.ndarra
     return out
 
 
+def _known_bands(bands: Sequence[str] | None) -> tuple[str, ...] | None:
+    """``bands`` by canonical name (an unknown name is a :class:`BandMismatchError`), or None."""
+    if bands is None:
+        return None
+    from eo_jepa.models.encoder import canonical_bands
+
+    return canonical_bands(bands)
+
+
+def open_unlabelled(path: str | Path, *, bands: Sequence[str] | None = None) -> Any:
+    """A chip store or an image folder for label-free uses (health, embeddings), with ``bands`` checked."""
+    if (Path(path) / "dataset.json").is_file():
+        from eo_jepa.chips import ChipDataset
+
+        return ChipDataset(path, bands=_known_bands(bands))
+    return ImageFolderDataset(path, bands=bands)
+
+
 class _Subset:
     """A view of ``dataset`` at ``positions`` that keeps its attributes (bands, ...)."""
 
@@ -275,7 +346,7 @@ def open_labelled(
     if (path / "dataset.json").is_file():
         from eo_jepa.chips import ChipDataset
 
-        store = ChipDataset(path)
+        store = ChipDataset(path, bands=_known_bands(bands))
         keep = np.asarray([k for k, lab in enumerate(store.labels) if lab is not None], dtype=np.int64)
         if len(keep) == 0:
             raise DataError(

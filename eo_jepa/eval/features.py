@@ -214,6 +214,7 @@ def dense_features(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     bf16: bool = False,
+    progress: bool = True,
 ) -> np.ndarray:
     """Dense feature map (D, ceil(H/p), ceil(W/p)) of one raster in raw units (C, H, W).
 
@@ -249,7 +250,9 @@ def dense_features(
     tiles = [(r, q) for r in starts(H) for q in starts(W)]
     acc: torch.Tensor | None = None
     count = torch.zeros(H // p, W // p)
-    for k in tqdm(range(0, len(tiles), batch_size), desc="windows", disable=progress_disabled()):
+    for k in tqdm(
+        range(0, len(tiles), batch_size), desc="windows", disable=progress_disabled() or not progress
+    ):
         chunk = tiles[k : k + batch_size]
         batch = torch.stack([x[:, r : r + window, q : q + window] for r, q in chunk]).to(dev)
         with autocast(dev, bf16):

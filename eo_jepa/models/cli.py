@@ -24,14 +24,22 @@ def list_cmd(
 
 @models_app.command("info")
 def info_cmd(
-    name: str = typer.Argument(..., help="A registered model name (see `eo-jepa models list`)."),
+    name: str = typer.Argument(
+        ..., help="A registered model name (see `eo-jepa models list`) or a local checkpoint file or folder."
+    ),
     load: bool = typer.Option(
         False, "--load", help="Also load it (download if needed) and print its config."
     ),
 ) -> None:
-    """Everything the registry records about NAME; with --load, the loaded encoder's bands and stats."""
-    from eo_jepa.models.registry import spec_dict
+    """Everything the registry records about NAME (or what a checkpoint file is and the call that loads it);
+    with --load, the loaded encoder's bands and stats."""
+    from pathlib import Path
 
+    from eo_jepa.models.registry import _REGISTRY, file_info, spec_dict
+
+    if name not in _REGISTRY and Path(name).expanduser().exists():
+        typer.echo(json.dumps(file_info(name), indent=2, default=str))
+        return
     info = spec_dict(name)
     if load:
         from eo_jepa.models.checkpoint import encoder_config

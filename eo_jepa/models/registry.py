@@ -244,6 +244,12 @@ def hf_download(
     if cache_dir is None:  # huggingface_hub reads these once at import; honour later changes too
         home = os.environ.get("HF_HOME")
         cache_dir = os.environ.get("HF_HUB_CACHE") or (os.path.join(home, "hub") if home else None)
+    cached = cached_file(repo_id, filename, repo_type=repo_type, revision=revision, cache_dir=cache_dir)
+    if (
+        cached is not None
+    ):  # in the cache: no network call at all (delete the cache entry to pick up a newer upload)
+        return cached
+    _check_reachable(label)
     try:
         return Path(
             hf_hub_download(
@@ -273,6 +279,44 @@ def hf_download(
         raise ModelNotFoundError(f"Downloading {label} failed: {exc}.") from None
 
 
+def cached_file(
+    repo_id: str,
+    filename: str,
+    *,
+    repo_type: str = "model",
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path | None:
+    """The file's path in the Hugging Face cache (the revision's snapshot, ``main`` by default), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(
+        repo_id, filename, cache_dir=cache_dir, revision=revision, repo_type=repo_type
+    )
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
+def _check_reachable(label: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, with one sentence, when the Hub endpoint cannot be reached: huggingface_hub itself
+    retries a failing connection with back-off for ~20 s before giving up."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return  # hf_hub_download answers from the cache or raises at once
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"{label} is not in the Hugging Face cache and {url.hostname} cannot be reached ({exc.__class__.__name__}"
+            f": {exc}); go online once, or pass cache_dir= a cache that holds it."
+        ) from None
+
+
 def _fetch(spec: ModelSpec, revision: str | None, cache_dir: str | os.PathLike[str] | None) -> Path:
     if spec.path:
         return Path(spec.path).expanduser()
@@ -296,9 +340,16 @@ def _fetch_ours(
     """Download an eo-jepa checkpoint folder (config, weights, card) from the Hub; returns the snapshot folder."""
     from eo_jepa.models.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
+    from_cache = cached_file(
+        repo_id, CONFIG_NAME, repo_type=repo_type, revision=revision, cache_dir=cache_dir
+    )
     config = hf_download(
         repo_id, CONFIG_NAME, repo_type=repo_type, revision=revision, cache_dir=cache_dir, what=what
     )
+    if from_cache is not None and cached_file(
+        repo_id, WEIGHTS_NAME, repo_type=repo_type, revision=revision, cache_dir=cache_dir
+    ):
+        return config.parent  # all cached: the optional card is not looked up online
     hf_download(repo_id, WEIGHTS_NAME, repo_type=repo_type, revision=revision, cache_dir=cache_dir, what=what)
     try:
         hf_download(
@@ -316,11 +367,29 @@ def load(
     device: Any = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    norm: str | Mapping[str, Mapping[str, float]] | None = None,
+    bands: Sequence[str] | None = None,
+    arch: str | None = None,
+    input_scale: float | None = None,
+    img_size: int | None = None,
 ) -> Any:
-    """An :class:`~eo_jepa.models.encoder.Encoder` from a registry name, ``hf://org/repo[@rev]`` or a local path."""
+    """An :class:`~eo_jepa.models.encoder.Encoder` from a registry name, ``hf://org/repo[@rev]`` or a local path.
+
+    ``norm``, ``bands``, ``arch``, ``input_scale`` and ``img_size`` describe a foreign file (a Meta DINOv3
+    or Core-JEPA ``.pth``, a timm state dict) that does not carry them: ``norm`` is a named
+    normalisation (``'sat493m'``, ``'imagenet'``: statistics of RGB in [0, 1], input scaled by 1/255)
+    or ``{band: {"mean", "std"}}`` in the input's units.
+    """
     from eo_jepa.models.checkpoint import load_encoder
 
     key = os.fspath(name_or_path)
+    foreign = {"norm": norm, "bands": bands, "arch": arch, "input_scale": input_scale, "img_size": img_size}
+    given = sorted(k for k, v in foreign.items() if v is not None)
+    if given and (key.startswith("hf://") or key in _REGISTRY):
+        raise ConfigError(
+            f"{', '.join(given)} describe a foreign checkpoint file; {key!r} is a registered name or hf:// id "
+            "that carries its own, so leave them out (or register_model(...) a variant)."
+        )
     if key.startswith("hf://"):
         repo, _, rev = key[len("hf://") :].partition("@")
         repo_type = "model"
@@ -335,6 +404,13 @@ def load(
         spec = _REGISTRY[key]
         return _load_spec(spec, _fetch(spec, revision, cache_dir), device)
     path = Path(key).expanduser()
+    if path.is_file() and path.name != "config.json":
+        return load_path(path, device=device, **foreign)
+    if given and (key in _REGISTRY or path.exists() or key.startswith("hf://")):
+        raise ConfigError(
+            f"{', '.join(given)} describe a foreign checkpoint file; {key!r} is a registered name, hf:// id or "
+            "eo-jepa folder that carries its own, so leave them out."
+        )
     if path.exists():
         return load_path(path, device=device)
     raise ModelNotFoundError(
@@ -366,11 +442,68 @@ def _load_spec(spec: ModelSpec, path: Path, device: Any) -> Any:
     return encoder
 
 
-def load_path(path: Path, *, device: Any = None) -> Any:
-    """A local eo-jepa folder, a timm/HF folder (config.json with ``architecture``) or a self-describing file."""
+def named_norm(
+    norm: str | Mapping[str, Mapping[str, float]] | None, bands: Sequence[str] | None
+) -> tuple[dict[str, dict[str, float]] | None, float | None]:
+    """``(norm_stats, input_scale)`` of a ``norm=`` argument: a :data:`NORMALISATIONS` name (RGB) or a dict."""
+    if norm is None:
+        return None, None
+    if isinstance(norm, Mapping):
+        return {str(b): {"mean": float(v["mean"]), "std": float(v["std"])} for b, v in norm.items()}, None
+    named = NORMALISATIONS.get(str(norm))
+    if not named:
+        choices = [n for n in NORMALISATIONS if NORMALISATIONS[n]]
+        raise ConfigError(
+            f"Unknown normalisation {norm!r}; choose from {', '.join(choices)} or pass {{band: {{'mean', 'std'}}}}."
+            f"{did_you_mean(str(norm), choices)}"
+        )
+    names = tuple(bands or _RGB)
+    if len(names) != len(named["mean"]):
+        raise ConfigError(
+            f"Normalisation {norm!r} is for 3 RGB bands, not {list(names)}; pass a dict per band."
+        )
+    return {
+        b: {"mean": m, "std": sd} for b, m, sd in zip(names, named["mean"], named["std"], strict=True)
+    }, float(named["scale"])
 
+
+def fixing_call(path: Path, fmt: str) -> str:
+    """The ``eo_jepa.load`` call that loads a foreign file ``path`` of format ``fmt``."""
+    if fmt in ("meta-dinov3", "core-jepa"):
+        return f"eo_jepa.load({str(path)!r}, norm='sat493m')"
+    return f"eo_jepa.load({str(path)!r}, norm='imagenet', bands=['red', 'green', 'blue'])"
+
+
+def load_path(
+    path: Path,
+    *,
+    device: Any = None,
+    norm: str | Mapping[str, Mapping[str, float]] | None = None,
+    bands: Sequence[str] | None = None,
+    arch: str | None = None,
+    input_scale: float | None = None,
+    img_size: int | None = None,
+) -> Any:
+    """A local eo-jepa folder, a timm/HF folder (config.json with ``architecture``) or a checkpoint file;
+    a foreign file without normalisation needs ``norm=`` (see :func:`load`)."""
     from eo_jepa.models.checkpoint import CONFIG_NAME, FORMAT, load_encoder, read_json
-    from eo_jepa.models.convert import encoder_from_state, read_state_file
+    from eo_jepa.models.convert import encoder_from_state, read_state_file, sniff
+
+    if path.is_file() and path.name != CONFIG_NAME:
+        obj = read_state_file(path)
+        fmt = sniff(obj)
+        stats, scale = named_norm(norm, bands)
+        if stats is None and fmt != "legacy":
+            raise CheckpointError(
+                f"{path} is a {fmt} checkpoint with no normalisation statistics; say how its input is normalised, "
+                f"e.g. {fixing_call(path, fmt)} (DINOv3 SAT-493M and Core-JEPA weights; norm='imagenet' for web "
+                "weights, or norm={band: {'mean': m, 'std': s}})."
+            )
+        encoder = encoder_from_state(
+            obj, arch=arch, bands=bands, norm_stats=stats, sensor="rgb" if isinstance(norm, str) else None,
+            input_scale=input_scale if input_scale is not None else scale, img_size=img_size, source=str(path),
+        )  # fmt: skip
+        return encoder.to(device).eval() if device is not None else encoder.eval()
 
     if path.is_dir():
         cfg_path = path / CONFIG_NAME
@@ -380,10 +513,7 @@ def load_path(path: Path, *, device: Any = None) -> Any:
         if "architecture" in cfg and (path / "model.safetensors").is_file():
             return _load_timm_folder(path, cfg, device)
         raise CheckpointError(f"{path} is neither an eo-jepa checkpoint folder nor a timm model folder.")
-    if path.name == CONFIG_NAME:
-        return load_encoder(path, device=device)
-    encoder = encoder_from_state(read_state_file(path), source=str(path))
-    return encoder.to(device).eval() if device is not None else encoder.eval()
+    return load_encoder(path, device=device)
 
 
 def _load_timm_folder(path: Path, cfg: dict[str, Any], device: Any) -> Any:
@@ -416,3 +546,43 @@ def spec_dict(name: str) -> dict[str, Any]:
     out["norm_stats"] = spec.norm_stats()
     out["input_scale"] = spec.scale()
     return out
+
+
+def file_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a local checkpoint file or folder is (for ``eo-jepa models info PATH``), without building it."""
+    from eo_jepa.models.checkpoint import CONFIG_NAME
+    from eo_jepa.models.convert import _unwrap, infer_timm_arch, read_state_file, sniff
+    from eo_jepa.models.dinov3 import CORE_JEPA_PREFIX, infer_arch, strip_prefix
+    from eo_jepa.utils.io import sha256_file
+
+    p = Path(path).expanduser()
+    if p.is_dir() or p.name == CONFIG_NAME:
+        from eo_jepa.models.checkpoint import encoder_config
+
+        return {"path": str(p), "format": "eo-jepa folder", "config": encoder_config(load_path(p))}
+    obj = read_state_file(p)
+    fmt = sniff(obj)
+    info: dict[str, Any] = {
+        "path": str(p),
+        "format": fmt,
+        "size_bytes": p.stat().st_size,
+        "sha256": sha256_file(p),
+    }
+    if fmt == "legacy":
+        info["carries_normalisation"] = True
+        info["config"] = dict(obj.get("config") or {})
+        info["load"] = f"eo_jepa.load({str(p)!r})"
+        return info
+    state = strip_prefix(dict(obj), CORE_JEPA_PREFIX) if fmt in ("core-jepa", "meta-dinov3") else _unwrap(obj)
+    info["tensors"] = len(state)
+    info["parameters"] = int(sum(int(v.numel()) for v in state.values() if hasattr(v, "numel")))
+    try:
+        info["arch"] = infer_arch(state) if fmt in ("core-jepa", "meta-dinov3") else infer_timm_arch(state)
+    except Exception:  # an unusual shape: the loader names the problem when it is built
+        info["arch"] = None
+    weight = state.get("patch_embed.proj.weight")
+    if weight is not None:
+        info["in_chans"], info["patch_size"] = int(weight.shape[1]), int(weight.shape[-1])
+    info["carries_normalisation"] = False
+    info["load"] = fixing_call(p, fmt)
+    return info

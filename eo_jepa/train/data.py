@@ -37,6 +37,11 @@ from eo_jepa.train.views import MultiCropViews, new_float_tensor, stack_params
 log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".nc", ".zarr")
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+)  # plain images, read as eval does (eo_jepa.eval.datasets.read_image)
 PREFETCH = 2  # batches each loader worker prepares ahead
 
 
@@ -73,18 +78,36 @@ class RasterFolderDataset(Dataset):
             raise DataError(
                 f"Raster folder {str(root)!r} does not exist; set data.path to a folder of rasters."
             )
-        self.files = sorted(p for p in self.root.glob(pattern) if p.suffix.lower() in RASTER_SUFFIXES)
+        suffixes = RASTER_SUFFIXES + IMAGE_SUFFIXES
+        self.files = sorted(p for p in self.root.glob(pattern) if p.suffix.lower() in suffixes)
+        if not self.files and pattern == "*":  # tiles in class (or any) sub-folders: AID, UC Merced, ...
+            self.files = sorted(
+                p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+            )
         if not self.files:
             raise DataError(
-                f"No .tif/.tiff/.nc/.zarr files match {pattern!r} in {str(root)!r}; check data.path and data.pattern."
+                f"No .tif/.tiff/.nc/.zarr/.png/.jpg files match {pattern!r} in {str(root)!r}; check data.path and "
+                "data.pattern."
             )
         if not bands:
-            raise ConfigError("data.bands must list the canonical band names for a raster_folder dataset.")
-        self.bands = tuple(bands)
+            from eo_jepa.eval.datasets import read_image
+
+            readable = (*IMAGE_SUFFIXES, ".tif", ".tiff")  # files that may name their bands
+            bands = read_image(self.files[0])[1] if self.files[0].suffix.lower() in readable else None
+            if not bands:
+                raise ConfigError(
+                    "data.bands must list the canonical band names for a raster_folder dataset."
+                )
+        from eo_jepa.models.encoder import canonical_bands
+
+        # One band matcher everywhere: "B04", "red" and "R" name the same band here as in eval.
+        self.bands = canonical_bands(bands)
         # "3" from a YAML string or an override means band index 3
         self.band_map = {
-            b: int(v) if isinstance(v, str) and v.isdigit() else v for b, v in (band_map or {}).items()
+            canonical_bands([b])[0]: int(v) if isinstance(v, str) and v.isdigit() else v
+            for b, v in (band_map or {}).items()
         }
+        self._resized = False
         unknown = sorted(set(self.band_map) - set(self.bands))
         if unknown:
             raise ConfigError(
@@ -108,6 +131,8 @@ class RasterFolderDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         pixels, valid = self._read(i)
+        if pixels.shape[1:] != self.shape and self.files[i].suffix.lower() in IMAGE_SUFFIXES:
+            pixels, valid = self._resize(i, pixels, valid)
         if pixels.shape[1:] != self.shape:
             raise DataError(
                 f"{self.files[i].name} is {pixels.shape[1]}x{pixels.shape[2]} pixels but the first file is "
@@ -143,10 +168,28 @@ class RasterFolderDataset(Dataset):
             for b, m, s in zip(self.bands, mean, std, strict=True)
         }
 
+    def _resize(self, i: int, pixels: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A plain image of another size (UC Merced has a few 247 x 256 tiles) resized to the first file's."""
+        import torch.nn.functional as F
+
+        if not self._resized:
+            log.warning(
+                "%s is %dx%d pixels, the first image %dx%d: images of other sizes are resized to the first's.",
+                self.files[i].name, *pixels.shape[1:], *self.shape,
+            )  # fmt: skip
+            self._resized = True
+        x = F.interpolate(
+            torch.from_numpy(pixels)[None], size=tuple(self.shape), mode="bilinear", antialias=True
+        )
+        v = F.interpolate(torch.from_numpy(valid.astype(np.float32))[None, None], size=tuple(self.shape))
+        return x[0].numpy(), v[0, 0].numpy() > 0.5
+
     # -- reading
     def _read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         path = self.files[i]
-        if path.suffix.lower() in (".tif", ".tiff"):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            arrays, nodata = self._read_image(path)
+        elif path.suffix.lower() in (".tif", ".tiff"):
             arrays, nodata = self._read_geotiff(path)
         else:
             arrays, nodata = self._read_xarray(path)
@@ -157,15 +200,34 @@ class RasterFolderDataset(Dataset):
                 bad |= (pixels == nd).all(axis=0)
         return np.nan_to_num(pixels, nan=0.0), ~bad
 
+    def _read_image(self, path: Path) -> tuple[list[np.ndarray], float | None]:
+        """A JPEG/PNG: red, green, blue (3-4 channels) or one unnamed channel, picked by band_map or name."""
+        from eo_jepa.eval.datasets import read_image
+
+        data, names = read_image(path)
+        return self._pick(path, data, list(names or [""] * data.shape[0])), None
+
     def _read_geotiff(self, path: Path) -> tuple[list[np.ndarray], float | None]:
         import rioxarray
 
-        with rioxarray.open_rasterio(path, masked=False, cache=False) as da:
+        from eo_jepa.eval.datasets import quiet_rasterio
+
+        with quiet_rasterio(), rioxarray.open_rasterio(path, masked=False, cache=False) as da:
             data = da.values
-            names = [str(d).lower() if d else "" for d in (da.attrs.get("long_name") or ())]
-            if isinstance(da.attrs.get("long_name"), str):
-                names = [da.attrs["long_name"].lower()]
+            described = da.attrs.get("long_name") or ()
+            if isinstance(described, str):
+                described = [described]
             nodata = da.rio.nodata
+        return self._pick(path, data, [str(d) if d else "" for d in described]), (
+            None if nodata is None else float(nodata)
+        )
+
+    def _pick(self, path: Path, data: np.ndarray, descriptions: list[str]) -> list[np.ndarray]:
+        """The bands of ``self.bands`` from (C, H, W) ``data``, by band_map index or by name: descriptions
+        are matched by :func:`eo_jepa.bands.match_band` (``B04`` and ``red`` are one band)."""
+        from eo_jepa.bands import match_band
+
+        names = [match_band(d) or d.lower() for d in descriptions]
         out = []
         for band in self.bands:
             key = self.band_map.get(band, band)
@@ -175,14 +237,14 @@ class RasterFolderDataset(Dataset):
                         f"{path.name} has {data.shape[0]} bands; band_map {band}={key} is out of range."
                     )
                 out.append(data[key - 1])
-            elif key.lower() in names:
-                out.append(data[names.index(key.lower())])
+            elif (match_band(key) or key.lower()) in names:
+                out.append(data[names.index(match_band(key) or key.lower())])
             else:
                 raise BandMismatchError(
-                    f"{path.name} has no band described as {key!r} (descriptions: {names or 'none'}); map it with "
-                    f"data.band_map.{band}=<1-based band index>."
+                    f"{path.name} has no band described as {key!r} (descriptions: "
+                    f"{[d for d in descriptions if d] or 'none'}); map it with data.band_map.{band}=<1-based band index>."
                 )
-        return out, None if nodata is None else float(nodata)
+        return out
 
     def _read_xarray(self, path: Path) -> tuple[list[np.ndarray], float | None]:
         import xarray as xr
