@@ -96,12 +96,32 @@ class ModelConfig:
 
 
 @dataclass
+class GramConfig:
+    """Gram anchoring (DINOv3) to a frozen teacher: see :mod:`eo_jepa.ssl.gram`."""
+
+    weight: float = 0.0  # w in loss = (1-lam)*pred + lam*sigreg + w*gram; 0 = off (from scratch)
+    views: Literal["global", "all"] = "global"  # which views' patch tokens are anchored
+    teacher: str = "init"  # 'init' (the frozen starting weights) or a registry name / checkpoint path
+    teacher_upsample: int = 1  # teacher sees the views at this many times the resolution (DINOv3: 2)
+    layer: int = -1  # block whose patch tokens (after the final norm) are compared; -1 = last
+
+    def validate(self) -> None:
+        if self.weight < 0:
+            raise ConfigError(f"loss.gram.weight must be 0 (off) or more, got {self.weight}.")
+        if self.teacher_upsample < 1:
+            raise ConfigError(f"loss.gram.teacher_upsample must be 1 or more, got {self.teacher_upsample}.")
+        if not self.teacher:
+            raise ConfigError("loss.gram.teacher must be 'init' or a model name / checkpoint path.")
+
+
+@dataclass
 class LossConfig:
     lam: float = 0.05  # weight of SIGReg; the prediction term gets 1 - lam
     num_slices: int = 1024
     num_knots: int = 17
     t_max: float = 3.0
     impl: Literal["fused", "reference"] = "fused"
+    gram: GramConfig = field(default_factory=GramConfig)
 
 
 @dataclass
