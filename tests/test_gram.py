@@ -98,7 +98,7 @@ def test_upsampled_teacher_is_resampled_to_the_student_grid():
     with torch.no_grad():
         big = torch.nn.functional.interpolate(flat, scale_factor=2, mode="bicubic", align_corners=False)
         fmap = teacher.forward_features(big)  # (B, D, 8, 8)
-        ref = torch.nn.functional.interpolate(fmap, size=(4, 4), mode="bicubic", antialias=True)
+        ref = torch.nn.functional.interpolate(fmap, size=(4, 4), mode="bicubic", align_corners=False)
     torch.testing.assert_close(got, ref.flatten(2).transpose(1, 2))
     assert got.shape == (2, 16, teacher.embed_dim)
 

@@ -148,7 +148,7 @@ class GramAnchor(nn.Module):
         th, tw = x.shape[-2] // p, x.shape[-1] // p
         if (th, tw) != grid:
             fmap = patches.transpose(1, 2).reshape(x.shape[0], -1, th, tw)
-            fmap = F.interpolate(fmap.float(), size=grid, mode="bicubic", align_corners=False, antialias=True)
+            fmap = F.interpolate(fmap.float(), size=grid, mode="bicubic", align_corners=False)
             patches = fmap.flatten(2).transpose(1, 2)
         return patches
 
