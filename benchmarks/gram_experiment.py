@@ -135,9 +135,21 @@ def dense_miou(encoder: Any, windows: list, chip: int) -> float:
     return float(np.mean([inter[k] / union[k] for k in union]))
 
 
+def build_larger_chips(state: dict[str, Any], preset: Any, base: Path) -> None:
+    """``base/chips``: the quickstart's chip build from the same demo scenes and AOIs at ``preset.chip_size``."""
+    from eo_jepa.chips.build import build_chips
+    from eo_jepa.demo.quickstart import demo_chip_config
+
+    if (base / "chips" / "dataset.json").is_file():
+        return
+    scenes = state["steps"]["scenes"]["outputs"]
+    build_chips(scenes["aois"], demo_chip_config(preset), base / "chips", stac=scenes["items"], workers=1)
+
+
 def finish_start_model(qs: Path, preset: Any) -> None:
-    """Publish the quickstart's model to ``qs/model`` if the quickstart stopped before doing so: its
-    pretraining run is resumed (same recipe, one torch thread) and published, as the quickstart would."""
+    """``qs/model``, the start: the quickstart's published model, or, when the quickstart stopped before
+    publishing (or for larger chips), its pretraining run resumed or run (same recipe, one torch
+    thread) and published, as the quickstart does."""
     from eo_jepa.demo.quickstart import train_config
     from eo_jepa.train.loop import CHECKPOINT_DIR, LAST, train
     from eo_jepa.train.publish import publish
@@ -182,6 +194,14 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=60, help="continued-training steps, same for (a) and (b)")
     ap.add_argument("--weight", type=float, default=1.0, help="loss.gram.weight of arm (b)")
+    ap.add_argument("--arms", nargs="+", default=["lejepa", "gram"], choices=["lejepa", "gram"])
+    ap.add_argument(
+        "--chip-size",
+        type=int,
+        default=None,
+        help="rebuild the chips at this size (local views half of it) and pretrain a start model on them the "
+        "quickstart's way, instead of the quickstart's 16 px chips (more patches per view for the Gram term)",
+    )
     ap.add_argument("--window", type=int, default=256, help="px per side of each tile's probe window")
     args = ap.parse_args()
 
@@ -192,6 +212,10 @@ def main() -> int:
     qs = args.quickstart.resolve()
     state = json.loads((qs / "quickstart_state.json").read_text())
     preset = get_preset(state["size"])
+    if args.chip_size:
+        preset = dataclasses.replace(preset, chip_size=args.chip_size, local_crop=args.chip_size // 2)
+        qs = (args.out / f"base_{args.chip_size}px").resolve()
+        build_larger_chips(state, preset, qs)
     finish_start_model(qs, preset)
     windows = read_tile_windows(state, args.window)
     chips = qs / "chips"
@@ -213,11 +237,13 @@ def main() -> int:
     evaluate("start", start, {})
     for seed in args.seeds:
         for tag, w in (("lejepa", 0.0), ("gram", args.weight)):
+            if tag not in args.arms:
+                continue
             enc, last = continue_training(qs, preset, seed, args.steps, w, args.out.resolve())
             evaluate(
                 tag,
                 enc,
-                {"seed": seed, "last_pred": last["pred"], "last_gram": last.get("gram", float("nan"))},
+                {"seed": seed, "last_pred": last["pred"], "last_gram": last.get("gram")},
             )
 
     def agg(tag: str, key: str) -> tuple[float, float]:
@@ -225,12 +251,20 @@ def main() -> int:
         return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
     print(
-        f"\nContinued pretraining from the quickstart ({state['size']}) model: {args.steps} steps, "
+        f"\nContinued pretraining from the quickstart ({state['size']}, {preset.chip_size} px chips) model: "
+        f"{args.steps} steps, "
         f"seeds {args.seeds}, Gram weight {args.weight}; mean ± std over seeds\n"
     )
     print(f"{'model':<22}{'kNN 5-shot':>16}{'kNN all train':>16}{'dense mIoU':>16}")
-    figures: dict[str, Any] = {"steps": args.steps, "seeds": args.seeds, "weight": args.weight}
+    figures: dict[str, Any] = {
+        "chip_size": preset.chip_size,
+        "steps": args.steps,
+        "seeds": args.seeds,
+        "weight": args.weight,
+    }
     for tag, label in (("start", "start"), ("lejepa", "(a) LeJEPA"), ("gram", "(b) LeJEPA + Gram")):
+        if not results[tag]:
+            continue
         cells = []
         for key in ("knn_fewshot", "knn_full", "dense_miou"):
             m, s = agg(tag, key)
