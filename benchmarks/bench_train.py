@@ -10,6 +10,14 @@
 2. Loader throughput (chips/s) of the chip-store loader with the default 5-band 256 px views,
    with 0 (in the main process), 1 and 2 workers (target >= 150 chips/s per worker); batches are
    released after use, as the trainer does, so view buffers are reused. Best of a few fresh loaders.
+3. Gram anchoring (``loss.gram``, ``init`` teacher on the global views, last block) for ViT-S/8 and
+   the DINOv3 ViT-L/16 shape (random weights, RGB): the LeJEPA step with and without the Gram term,
+   interleaved, and the term alone (teacher forward under no_grad + Gram matrices forward + their
+   backward to the student's patch tokens: the only work the term adds, as the student's patch
+   tokens come from the step's own forward). Overhead = t_term / (t_step + t_term). Beside it, the
+   expected share from the FLOP count (:func:`gram_flop_share`) with the teacher at the student's
+   resolution and at 2x (``teacher_upsample=2``): on GPUs, where the teacher's no-grad bf16 forward
+   runs at the student's efficiency, this is the cost to expect. ``--skip-gram`` leaves it out.
 
     python benchmarks/bench_train.py                    # CPU defaults (small batch)
     python benchmarks/bench_train.py --device cuda --batch 64
@@ -298,7 +306,7 @@ def main() -> None:
         "vitl16": ("dinov3_vitl16", ["red", "green", "blue"], 224, 96),
     }
     gram = {} if args.skip_gram else {
-        k: bench_gram(device, a, b, g, lo, 1 if device.type == "cpu" else batch, args.gram_repeats, 1)
+        k: bench_gram(device, a, b, g, lo, batch, args.gram_repeats, 1)
         for k, (a, b, g, lo) in gram_shapes.items()
     }  # fmt: skip
     torch.set_num_threads(1)  # the loader figure is per worker (one core each)
@@ -321,9 +329,8 @@ def main() -> None:
             f"steps timed back to back differ by {100 * step['overhead_paired_steps']:.1f}% (median over repeats)"
         )
     if gram:
-        gb = 1 if device.type == "cpu" else batch
         print(
-            f"\nGram anchoring (init teacher, global views, last block), 2x224 + 6x96 views, batch {gb}, {clock}"
+            f"\nGram anchoring (init teacher, global views, last block), 2x224 + 6x96 views, batch {batch}, {clock}"
         )
         print(
             "| model | LeJEPA step (s) | + Gram step (s) | Gram term alone (s) | overhead measured | FLOP share x1 | x2 teacher |"
