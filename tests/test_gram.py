@@ -55,6 +55,18 @@ def test_value_and_gradient_match_a_direct_float64_formula():
     assert t2.grad is None
 
 
+def test_gram_is_float32_under_bf16_autocast():
+    """The term is often ~1e-4, below bf16's resolution of a cosine: Gram matrices stay float32."""
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 64, 32), torch.randn(2, 64, 32)
+    t = s + 0.01 * t  # a student close to its teacher, as in training
+    ref = _reference64(s, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = G.gram_loss(s, t)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=0)
+
+
 def test_anchor_term_through_encoders_matches_float64_and_is_zero_for_the_initial_model():
     """The whole path (student patch tokens of a block, teacher forward, views of two sizes) against
     float64 tokens, and exactly 0 when the teacher is a copy of the student (the `init` teacher)."""

@@ -23,7 +23,8 @@ eval mode under :func:`torch.no_grad` inside the trainer's autocast (the trainin
 never updated and has no optimiser state, and under FSDP it is sharded like the student (per block,
 then the whole anchor). Optional ``upsample``: the teacher sees the views at ``upsample``× the
 resolution and its patch-feature map is brought back to the student's grid with bicubic
-(antialiased) interpolation, DINOv3's "high-resolution Gram teacher".
+interpolation, DINOv3's "high-resolution Gram teacher". The Gram matrices and the term are computed
+in float32 also under bf16 autocast: the term is often ~1e-4, below bf16's resolution of a cosine.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ from eo_jepa.errors import ConfigError
 
 
 def gram_matrix(tokens: Tensor) -> Tensor:
-    """(B, N, D) patch tokens -> (B, N, N) cosine similarities, in float32 at least."""
-    x = F.normalize(tokens.float() if tokens.dtype in (torch.float16, torch.bfloat16) else tokens, dim=-1)
-    return x @ x.transpose(1, 2)
+    """(B, N, D) patch tokens -> (B, N, N) cosine similarities, in float32 at least (autocast off)."""
+    x = tokens.float() if tokens.dtype in (torch.float16, torch.bfloat16) else tokens
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = F.normalize(x, dim=-1)
+        return x @ x.transpose(1, 2)
 
 
 def gram_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -99,7 +102,7 @@ class GramAnchor(nn.Module):
 
     ``forward(views, student_patches)`` takes the view groups the term applies to, each
     (V, B, C, H, W), and the student's patch tokens of the same groups, each (V·B, N, D), and returns
-    the mean term over all their images (unweighted; :meth:`weight` scales it in the loss).
+    the mean term over all their images (unweighted; :meth:`add_to` adds ``weight`` times it to a loss).
     """
 
     def __init__(
@@ -122,13 +125,11 @@ class GramAnchor(nn.Module):
         self.layer = block_index(teacher, layer)
         self.upsample = int(upsample)
         self.student_patch = int(student_patch)
-        if input_affine is None:
-            self.affine = None
-        else:
+        self.has_affine = input_affine is not None
+        if input_affine is not None:
             scale, shift = (t.float().view(-1, 1, 1) for t in input_affine)
             self.register_buffer("_scale", scale, persistent=False)
             self.register_buffer("_shift", shift, persistent=False)
-            self.affine = True
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, layer={self.layer}, upsample={self.upsample}"
@@ -139,7 +140,7 @@ class GramAnchor(nn.Module):
     @torch.no_grad()
     def teacher_patches(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         """Teacher patch tokens (B, h·w, D') of (B, C, H, W) on the student's ``grid`` (h, w)."""
-        if self.affine is not None:
+        if self.has_affine:
             x = x * self._scale + self._shift
         if self.upsample > 1:
             x = F.interpolate(x, scale_factor=self.upsample, mode="bicubic", align_corners=False)
