@@ -182,7 +182,8 @@ def bench_gram(
     torch.manual_seed(0)
     enc = build_encoder(arch, bands, img_size=size, norm_stats={b: {"mean": 0.0, "std": 1.0} for b in bands})
     model = LeJEPAModel(enc, Projector(enc.embed_dim, 2048, 128, 3)).to(device).train()
-    model_g = LeJEPAModel(enc, model.projector, gram_layer=-1)
+    model_g = LeJEPAModel(enc, model.projector)
+    model_g.gram_layer = -1
     anchor = GramAnchor(frozen_copy(enc), student_patch=enc.patch_size, weight=1.0, upsample=up).to(device)
     loss_fn = LeJEPALoss(num_slices=1024).to(device).train()
     glob = torch.randn(2, batch, len(bands), size, size, device=device)
@@ -195,10 +196,10 @@ def bench_gram(
 
     def step(gram: bool) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            _, pg, pl, patches = (model_g if gram else model)(glob, loc)
+            _, pg, pl = (model_g if gram else model)(glob, loc)
             out = loss_fn(pg.float(), pl.float())
             if gram:
-                out = anchor.add_to(out, (glob, loc), patches)
+                out = anchor.add_to(out, (glob, loc), model_g.patches)
         out.loss.backward()
 
     def gram_alone() -> None:

@@ -54,23 +54,19 @@ LOSS_CURVE = "loss_curve.png"
 class LeJEPAModel(nn.Module):
     """Encoder + projector; one forward for all views so DDP/FSDP see a single call per step."""
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        projector: nn.Module,
-        gram_layer: int | None = None,
-        gram_locals: bool = False,
-    ) -> None:
+    def __init__(self, encoder: nn.Module, projector: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
         self.projector = projector
-        self.gram_layer, self.gram_locals = gram_layer, gram_locals  # Gram anchoring: patch tokens wanted
+        # loss.gram: keep the patch tokens (V·B, N, D) of block gram_layer of each anchored view group
+        self.gram_layer: int | None = None
+        self.gram_locals = False
+        self.patches: list[torch.Tensor] | None = None
 
     def forward(
         self, globals_: torch.Tensor, locals_: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None]:
-        """Views (V, B, C, S, S) -> (global embeddings (Vg, B, D) detached, global proj (Vg, B, P), local proj,
-        patch tokens (V·B, N, D) of block ``gram_layer`` per anchored view group, or None).
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Views (V, B, C, S, S) -> (global embeddings (Vg, B, D) detached, global proj (Vg, B, P), local proj).
 
         The projector runs once on the embeddings of all views, so its BatchNorm statistics
         cover every view (as in the paper's reference code).
@@ -92,7 +88,8 @@ class LeJEPAModel(nn.Module):
         # clones: FSDP warns about returning views (in-place ops on them would skip its hooks)
         proj_g = proj[: vg * b].reshape(vg, b, -1).clone()
         proj_l = proj[vg * b :].reshape(-1, b, proj.shape[-1]).clone() if locals_ is not None else None
-        return emb.detach().reshape(vg, b, -1).clone(), proj_g, proj_l, patches
+        self.patches = patches
+        return emb.detach().reshape(vg, b, -1).clone(), proj_g, proj_l
 
 
 def lr_factor(step: int, total: int, warmup: int, final_ratio: float) -> float:
@@ -198,10 +195,10 @@ def build_model(cfg: TrainConfig, encoder: Any) -> LeJEPAModel:
         out_dim=cfg.model.proj_out,
         num_layers=cfg.model.proj_layers,
     )
-    gram = cfg.loss.gram.weight > 0
-    return LeJEPAModel(
-        encoder, projector, cfg.loss.gram.layer if gram else None, cfg.loss.gram.views == "all"
-    )
+    model = LeJEPAModel(encoder, projector)
+    if cfg.loss.gram.weight > 0:
+        model.gram_layer, model.gram_locals = cfg.loss.gram.layer, cfg.loss.gram.views == "all"
+    return model
 
 
 class _Metrics:
@@ -437,9 +434,9 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                 )
                 with sync:
                     with autocast():
-                        emb, proj_g, proj_l, patches = wrapped(glob, loc)
+                        emb, proj_g, proj_l = wrapped(glob, loc)
                         out = loss_fn(proj_g.float(), None if proj_l is None else proj_l.float())
-                        out = out if gram is None else gram.add_to(out, (glob, loc), patches)
+                        out = out if gram is None else gram.add_to(out, (glob, loc), model.patches)
                     scaler.scale(out.loss / accum).backward()
                 # The step no longer needs the input views (backward has run): their buffer may be reused.
                 del glob, loc
