@@ -176,3 +176,23 @@ def test_trainer_logs_gram_and_never_touches_the_teacher(tmp_path, monkeypatch):
     assert not any("anchor" in k or "teacher" in k for k in state["model"])
     student = state["model"]["encoder.backbone.blocks.0.mlp.fc1.weight"]
     assert not torch.equal(student, before["encoder.backbone.blocks.0.mlp.fc1.weight"])  # the student moved
+
+
+def test_teacher_from_a_checkpoint_folder_keeps_its_weights_and_normalisation(tmp_path):
+    """loss.gram.teacher = a saved model: loaded for the student's bands, frozen, and fed the views in
+    its own normalisation (the student's normalised input mapped by input_affine)."""
+    from eo_jepa.models import save_encoder
+
+    student = _encoder(0)
+    other = _encoder(1, **{b: {"mean": 300.0 + i, "std": 800.0 - i} for i, b in enumerate(BANDS)})
+    save_encoder(other, tmp_path / "teacher")
+    teacher = G.load_teacher(str(tmp_path / "teacher"), student)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    for k, v in other.state_dict().items():
+        torch.testing.assert_close(teacher.state_dict()[k], v, rtol=0, atol=0)
+    anchor = G.GramAnchor(teacher, student_patch=8, weight=1.0, input_affine=G.input_affine(student, teacher))
+    raw = torch.rand(3, len(BANDS), 32, 32) * 4000
+    got = anchor.teacher_patches(student.normalize(raw), (4, 4))
+    with torch.no_grad():
+        ref = other.forward_tokens(other.normalize(raw))[:, other.num_prefix_tokens :]
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
