@@ -282,3 +282,19 @@ def test_chip_store_probe_and_pca(model_dir, chip_store, tmp_path):
     )
     health = json.loads((tmp_path / "h.json").read_text())
     assert health["n"] == len(ChipDataset(chip_store)) and health["dim"] == 2 * 192
+
+
+@pytest.mark.parametrize(
+    ("bands", "says"),
+    [
+        ("red,green,purple", "Unknown band 'purple'"),
+        ("red,green,swir22", "Bands ['swir22'] are not in the chip store"),
+    ],
+)
+def test_unknown_or_absent_bands_on_a_chip_store_are_errors(model_dir, chip_store, capsys, bands, says):
+    """`--bands` used to be ignored for chip stores: a typo'd or absent band now stops the run in one line."""
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "knn", "--model", str(model_dir), "--data", str(chip_store), "--bands", bands])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "\n" not in err and "Traceback" not in err
