@@ -11,13 +11,15 @@ and evaluate the start, (a) and (b) with
 
 - **kNN (global)**: the quickstart's weighted-kNN on held-out chips (5 reference chips per class,
   mean of 10 draws; and all train chips), from pooled embeddings;
-- **dense probe mIoU (local)**: a per-patch linear probe (scikit-learn LogisticRegression on the
-  frozen, standardised patch features; the minimal stand-in for the evaluation issue's dense probe,
-  which had not landed when this ran) against the demo's land-cover truth, downsampled to patches
-  by majority vote. For each tile, the centre window of its least cloudy acquisition is cut into
+- **dense mIoU (local)**, two probes against the demo's land-cover truth: a minimal per-patch
+  linear probe written here first (scikit-learn LogisticRegression on the frozen, standardised patch
+  features, truth downsampled to patches by majority vote, IoU over the classes in both tiles), and
+  the evaluation package's dense probe (:func:`eo_jepa.eval.dense.dense_probe`: LayerNorm + linear
+  head, scored per pixel, mIoU over classes in the truth or the predictions). For each tile, the centre window of its least cloudy acquisition is cut into
   chips of the training size, so the encoder sees inputs like its training chips; the probe is fit on
   one tile's patches and scored on the other's (both ways, IoU pooled), classes present in both.
 
+Continued runs already published under ``--out/models`` are evaluated again, not retrained.
 Everything is generated data on CPU; it says nothing about DINOv3 ViT-L on real imagery. Prints a
 table and ends with one JSON line of the figures.
 
@@ -161,6 +163,23 @@ def finish_start_model(qs: Path, preset: Any) -> None:
     publish(run, qs / "model")
 
 
+def dense_probe_miou(encoder: Any, windows: list, chip: int) -> float:
+    """mIoU of the evaluation package's dense probe (:func:`eo_jepa.eval.dense.dense_probe`), trained on
+    one tile's window cut into ``chip``-px tiles and scored on the other's, both ways, averaged."""
+    from eo_jepa.eval.dense import dense_probe, tiles
+
+    sets = [
+        tiles(p, np.where(v, t, 0).astype(np.int64), chip, f"w{i}-") for i, (p, v, t) in enumerate(windows)
+    ]
+    scores = [
+        dense_probe(encoder.eval(), sets[i], sets[j]).miou
+        for i in range(len(sets))
+        for j in range(len(sets))
+        if i != j
+    ]
+    return float(np.mean(scores))
+
+
 def continue_training(qs: Path, preset: Any, seed: int, steps: int, weight: float, out: Path) -> Any:
     import eo_jepa
     from eo_jepa.demo.quickstart import train_config
@@ -169,6 +188,8 @@ def continue_training(qs: Path, preset: Any, seed: int, steps: int, weight: floa
 
     cfg = train_config(preset, out)
     name = f"{'gram' if weight else 'lejepa'}_s{seed}"
+    if (out / "models" / name).is_dir():  # published by an earlier run of this script: evaluate it again
+        return eo_jepa.load(str(out / "models" / name)), {}
     cfg = dataclasses.replace(
         cfg,
         name=name,
@@ -229,6 +250,7 @@ def main() -> int:
             "knn_fewshot": knn["accuracy"],
             "knn_full": knn["full_accuracy"],
             "dense_miou": dense_miou(encoder, windows, preset.chip_size),
+            "dense_probe_miou": dense_probe_miou(encoder, windows, preset.chip_size),
             **extra,
         }
         results[tag].append(row)
@@ -243,7 +265,7 @@ def main() -> int:
             evaluate(
                 tag,
                 enc,
-                {"seed": seed, "last_pred": last["pred"], "last_gram": last.get("gram")},
+                {"seed": seed, "last_pred": last.get("pred"), "last_gram": last.get("gram")},
             )
 
     def agg(tag: str, key: str) -> tuple[float, float]:
@@ -255,7 +277,7 @@ def main() -> int:
         f"{args.steps} steps, "
         f"seeds {args.seeds}, Gram weight {args.weight}; mean ± std over seeds\n"
     )
-    print(f"{'model':<22}{'kNN 5-shot':>16}{'kNN all train':>16}{'dense mIoU':>16}")
+    print(f"{'model':<22}{'kNN 5-shot':>16}{'kNN all train':>16}{'dense mIoU':>16}{'#16 probe mIoU':>16}")
     figures: dict[str, Any] = {
         "chip_size": preset.chip_size,
         "steps": args.steps,
@@ -266,7 +288,7 @@ def main() -> int:
         if not results[tag]:
             continue
         cells = []
-        for key in ("knn_fewshot", "knn_full", "dense_miou"):
+        for key in ("knn_fewshot", "knn_full", "dense_miou", "dense_probe_miou"):
             m, s = agg(tag, key)
             figures[f"{tag}_{key}"] = round(m, 4)
             figures[f"{tag}_{key}_std"] = round(s, 4)
