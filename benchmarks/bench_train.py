@@ -10,8 +10,16 @@
 2. Loader throughput (chips/s) of the chip-store loader with the default 5-band 256 px views,
    with 0 (in the main process), 1 and 2 workers (target >= 150 chips/s per worker); batches are
    released after use, as the trainer does, so view buffers are reused. Best of a few fresh loaders.
+3. Gram anchoring (``loss.gram``, ``init`` teacher on the global views, last block) for ViT-S/8 and
+   the DINOv3 ViT-L/16 shape (random weights, RGB): the LeJEPA step with and without the Gram term,
+   interleaved, and the term alone (teacher forward under no_grad + Gram matrices forward + their
+   backward to the student's patch tokens: the only work the term adds, as the student's patch
+   tokens come from the step's own forward). Overhead = t_term / (t_step + t_term). Beside it, the
+   expected share from the FLOP count (:func:`gram_flop_share`) with the teacher at the student's
+   resolution and at 2x (``teacher_upsample=2``): on GPUs, where the teacher's no-grad bf16 forward
+   runs at the student's efficiency, this is the cost to expect. ``--skip-gram`` leaves it out.
 
-3. Data-parallel step time: the real trainer (``eo-jepa train``, tiny CPU config) on one process with
+4. Data-parallel step time: the real trainer (``eo-jepa train``, tiny CPU config) on one process with
    the whole batch and 2 threads beside ``torchrun`` with 2 DDP processes (gloo) of half the batch and
    one thread each: the same global batch and the same 2 cores; median step time from the runs' own
    metrics. Cores are printed: on a 2-core machine this shows the overhead of DDP (all-reduces, the
@@ -133,6 +141,115 @@ def bench_step(device: torch.device, batch: int, repeats: int, slices: int) -> d
     }
 
 
+def vit_forward_flops(depth: int, dim: int, tokens: int, mlp_ratio: float = 4.0) -> float:
+    """Forward FLOPs of a ViT's blocks on one image of ``tokens`` tokens (multiply-add = 2 FLOPs):
+    QKV + output projection 8·D², MLP 4·r·D², attention scores and weighted sum 4·N·D, per token."""
+    return depth * tokens * ((8 + 4 * mlp_ratio) * dim * dim + 4 * tokens * dim)
+
+
+def gram_flop_share(
+    depth: int,
+    dim: int,
+    patch: int,
+    prefix: int,
+    globals_: tuple[int, int],
+    locals_: tuple[int, int],
+    up: int,
+) -> float:
+    """Expected share of the Gram term in a training step from FLOPs: teacher forward on the global
+    views (at ``up``× resolution) + Gram matrices (student forward+backward, teacher forward), over the
+    student's forward+backward (≈ 3× forward) on all views plus that."""
+    (ng, sg), (nl, sl) = globals_, locals_
+    tok = lambda s: (s // patch) ** 2 + prefix  # noqa: E731
+    student = 3 * (ng * vit_forward_flops(depth, dim, tok(sg)) + nl * vit_forward_flops(depth, dim, tok(sl)))
+    n = (sg // patch) ** 2
+    gram = ng * (3 * 2 * n * n * dim + 2 * n * n * dim)  # S·Sᵀ fwd+bwd (student), T·Tᵀ fwd (teacher)
+    teacher = ng * vit_forward_flops(depth, dim, tok(sg * up))
+    return (teacher + gram) / (student + teacher + gram)
+
+
+def bench_gram(
+    device: torch.device,
+    arch: str,
+    bands: list[str],
+    size: int,
+    local: int,
+    batch: int,
+    repeats: int,
+    up: int,
+) -> dict[str, float]:
+    """Step time of LeJEPA with and without Gram anchoring (``init`` teacher, global views), and the
+    Gram term alone (teacher forward under no_grad + Gram matrices forward + their backward to the
+    student's patch tokens), on 2 global + 6 local views."""
+    from eo_jepa.models import build_encoder
+    from eo_jepa.ssl import LeJEPALoss, Projector
+    from eo_jepa.ssl.gram import GramAnchor, encode, frozen_copy
+    from eo_jepa.train.loop import LeJEPAModel
+
+    torch.manual_seed(0)
+    enc = build_encoder(arch, bands, img_size=size, norm_stats={b: {"mean": 0.0, "std": 1.0} for b in bands})
+    model = LeJEPAModel(enc, Projector(enc.embed_dim, 2048, 128, 3)).to(device).train()
+    model_g = LeJEPAModel(enc, model.projector)
+    model_g.gram_layer = -1
+    anchor = GramAnchor(frozen_copy(enc), student_patch=enc.patch_size, weight=1.0, upsample=up).to(device)
+    loss_fn = LeJEPALoss(num_slices=1024).to(device).train()
+    glob = torch.randn(2, batch, len(bands), size, size, device=device)
+    loc = torch.randn(6, batch, len(bands), local, local, device=device)
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    with torch.no_grad():
+        _, patches0 = encode(enc, glob.flatten(0, 1), -1)
+    patches0 = patches0.detach()
+
+    def step(gram: bool) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            _, pg, pl = (model_g if gram else model)(glob, loc)
+            out = loss_fn(pg.float(), pl.float())
+            if gram:
+                out = anchor.add_to(out, (glob, loc), model_g.patches)
+        out.loss.backward()
+
+    def gram_alone() -> None:
+        p = patches0.clone().requires_grad_(True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            term = anchor([glob], [p])
+        term.backward()
+
+    fns = {"lejepa": lambda: step(False), "lejepa_gram": lambda: step(True), "gram_alone": gram_alone}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():  # warm-up
+        f()
+        model.zero_grad(set_to_none=True)
+    for i in range(repeats):  # interleaved, rotating the order, so drifts hit every variant alike
+        names = list(fns)[i % 3 :] + list(fns)[: i % 3]
+        for name in names:
+            _sync(device)
+            t = clock()
+            fns[name]()
+            _sync(device)
+            times[name].append(clock() - t)
+            model.zero_grad(set_to_none=True)
+    best = {k: min(v) for k, v in times.items()}
+    spec = __import__("eo_jepa.models.vit", fromlist=["get_arch"]).get_arch(arch)
+    shares = [
+        gram_flop_share(
+            spec.depth, spec.embed_dim, enc.patch_size, enc.num_prefix_tokens, (2, size), (6, local), u
+        )
+        for u in (1, 2)
+    ]
+    return {
+        "lejepa_s": best["lejepa"],
+        "lejepa_gram_s": best["lejepa_gram"],
+        "gram_alone_s": best["gram_alone"],
+        "overhead": best["gram_alone"] / (best["lejepa"] + best["gram_alone"]),
+        "overhead_paired_steps": float(
+            np.median([g / b - 1 for b, g in zip(times["lejepa"], times["lejepa_gram"], strict=True)])
+        ),
+        "flop_share": shares[0],  # teacher at the student's resolution
+        "flop_share_up2": shares[1],  # teacher_upsample=2 (DINOv3's high-resolution Gram teacher)
+    }
+
+
 def bench_loader(
     n_batches: int, batch: int, workers: list[int], repeats: int
 ) -> tuple[dict[int, float], float]:
@@ -227,6 +344,10 @@ def main() -> None:
     ap.add_argument("--skip-step", action="store_true")
     ap.add_argument("--ddp-steps", type=int, default=12, help="steps of each data-parallel run (0: skip)")
     ap.add_argument("--ddp-batch", type=int, default=16, help="global batch of the data-parallel runs")
+    ap.add_argument(
+        "--gram-repeats", type=int, default=2, help="Gram-anchoring overhead: timed steps per variant"
+    )
+    ap.add_argument("--skip-gram", action="store_true")
     args = ap.parse_args()
     device = torch.device(args.device)
     batch = args.batch or (64 if device.type == "cuda" else 2)
@@ -234,6 +355,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     step = None if args.skip_step else bench_step(device, batch, args.repeats, args.slices)
+    gram_shapes = {  # name: (arch, bands, global px, local px)
+        "vits8": ("vit_small_patch8", ["red", "green", "blue", "nir", "swir16"], 224, 96),
+        "vitl16": ("dinov3_vitl16", ["red", "green", "blue"], 224, 96),
+    }
+    gram = {} if args.skip_gram else {
+        k: bench_gram(device, a, b, g, lo, batch, args.gram_repeats, 1)
+        for k, (a, b, g, lo) in gram_shapes.items()
+    }  # fmt: skip
     torch.set_num_threads(1)  # the loader figure is per worker (one core each)
     loader, per_cpu_s = bench_loader(args.loader_batches, args.loader_batch, [0, 1, 2], args.loader_repeats)
 
@@ -253,6 +382,20 @@ def main() -> None:
             f"objective overhead: {100 * step['overhead']:.2f}% of the step (target <= 10%); the two full "
             f"steps timed back to back differ by {100 * step['overhead_paired_steps']:.1f}% (median over repeats)"
         )
+    if gram:
+        print(
+            f"\nGram anchoring (init teacher, global views, last block), 2x224 + 6x96 views, batch {batch}, {clock}"
+        )
+        print(
+            "| model | LeJEPA step (s) | + Gram step (s) | Gram term alone (s) | overhead measured | FLOP share x1 | x2 teacher |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for k, r in gram.items():
+            print(
+                f"| {k} | {r['lejepa_s']:.3f} | {r['lejepa_gram_s']:.3f} | {r['gram_alone_s']:.4f} | "
+                f"{100 * r['overhead']:.1f}% (paired steps {100 * r['overhead_paired_steps']:+.1f}%) | "
+                f"{100 * r['flop_share']:.1f}% | {100 * r['flop_share_up2']:.1f}% |"
+            )
     print(
         f"\nLoader, 5-band 256 px chips, 2+6 default views, batch {args.loader_batch}, "
         f"{args.loader_batches} batches, best of {args.loader_repeats}"
@@ -288,6 +431,7 @@ def main() -> None:
         "batch": batch,
         "slices": args.slices,
         **({f"step_{k}": round(v, 5) for k, v in step.items()} if step else {}),
+        **{f"gram_{m}_{k}": round(v, 5) for m, r in gram.items() for k, v in r.items()},
         **{f"loader_chips_per_s_w{w}": round(r, 2) for w, r in loader.items()},
         "loader_chips_per_cpu_s": round(per_cpu_s, 2),
         "loader_chips_per_s_per_worker_w1": round(loader[1], 2),

@@ -149,9 +149,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_match_one_process_on_the_whole_batch(store, tmp_path):
-    """DDP and FSDP + global-batch SIGReg (+ synced BatchNorm): one step on 2x8 chips == one step on 16."""
-    one_step = ["max_steps=1", "log.tensorboard=false", "optim.weight_decay=0.0"]
+# Gram anchoring on all views with a 2x-upsampled `init` teacher: non-zero from the first step, so its
+# gradient is part of the compared update; under FSDP the teacher is sharded too.
+GRAM = ["loss.gram.weight=5.0", "loss.gram.views=all", "loss.gram.teacher_upsample=2"]
+
+
+@pytest.mark.parametrize("extra", [[], GRAM], ids=["lejepa", "gram"])
+def test_two_gloo_processes_match_one_process_on_the_whole_batch(store, tmp_path, extra):
+    """DDP and FSDP + global-batch SIGReg (+ synced BatchNorm) (+ Gram anchoring): one step on 2x8
+    chips == one step on 16."""
+    one_step = ["max_steps=1", "log.tensorboard=false", "optim.weight_decay=0.0", *extra]
     single = subprocess.run(
         _train_cmd(store, tmp_path, "single", "data.batch_size=16", *one_step),
         env=_env(), capture_output=True, text=True, timeout=600,

@@ -149,7 +149,10 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Global embedding (B, D): the class token, or the mean of the normed patch tokens."""
-        tokens = self.forward_tokens(x)
+        return self.pool(self.forward_tokens(x))
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, prefix + N, D) final tokens -> global embedding (B, D)."""
         if self.pooling == "cls":
             return tokens[:, 0]
         return tokens[:, self.num_prefix_tokens :].mean(1)

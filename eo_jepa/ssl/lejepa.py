@@ -17,11 +17,12 @@ from eo_jepa.ssl.sigreg import EmbeddingError, Impl, SIGReg, scale_grad, world_s
 
 @dataclass
 class LeJEPAOutput:
-    """The loss to back-propagate and its two parts (detached, for logging)."""
+    """The loss to back-propagate and its parts (detached, for logging); ``gram`` when Gram anchoring is on."""
 
     loss: Tensor
     pred: Tensor
     sigreg: Tensor
+    gram: Tensor | None = None
 
 
 def _check_views(x: Tensor, name: str) -> None:

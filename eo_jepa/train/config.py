@@ -100,6 +100,27 @@ class ModelConfig(Config):
 
 
 @dataclass
+class GramConfig(Config):
+    """Gram anchoring (DINOv3) to a frozen teacher: see :mod:`eo_jepa.ssl.gram`."""
+
+    section: ClassVar[str] = "loss.gram"
+
+    # w in loss = (1-lam)*pred + lam*sigreg + w*gram; 0 = off (from scratch)
+    weight: float = bounded(0.0, ge=0)
+    views: Literal["global", "all"] = "global"  # which views' patch tokens are anchored
+    # 'init' (the frozen starting weights) or a registry name / checkpoint path
+    teacher: str = path_field("init")
+    # the teacher sees the views at this many times the resolution (DINOv3: 2)
+    teacher_upsample: int = bounded(1, ge=1)
+    # block whose patch tokens (after the final norm) are compared; -1 = last, Python-style
+    layer: int = bounded(-1)
+
+    def validate(self) -> None:
+        if not self.teacher:
+            raise ConfigError("loss.gram.teacher must be 'init' or a model name / checkpoint path.")
+
+
+@dataclass
 class LossConfig(Config):
     section: ClassVar[str] = "loss"
 
@@ -108,6 +129,7 @@ class LossConfig(Config):
     num_knots: int = bounded(17, ge=2)
     t_max: float = bounded(3.0, gt=0)
     impl: Literal["fused", "reference"] = "fused"
+    gram: GramConfig = field(default_factory=GramConfig)
 
 
 @dataclass

@@ -11,7 +11,7 @@ The run folder ``<output_dir>/<name>/`` keeps:
 - ``config.yaml`` (the resolved config), ``norm_stats.json`` (the dataset's statistics),
   ``data.json`` (bands, sensor, data path, data card reference, normalisation used);
 - ``checkpoints/last.pt`` (full state, see :mod:`eo_jepa.train.checkpointing`);
-- ``metrics.jsonl`` (step, epoch, loss, pred, sigreg, lr, images/s, effective rank),
+- ``metrics.jsonl`` (step, epoch, loss, pred, sigreg, gram when on, lr, images/s, effective rank),
   ``tb/`` (TensorBoard) and ``loss_curve.png``.
 
 Exact resumption: the data order and every view's randomness are functions of
@@ -58,6 +58,10 @@ class LeJEPAModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.projector = projector
+        # loss.gram: keep the patch tokens (V·B, N, D) of block gram_layer of each anchored view group
+        self.gram_layer: int | None = None
+        self.gram_locals = False
+        self.patches: list[torch.Tensor] | None = None
 
     def forward(
         self, globals_: torch.Tensor, locals_: torch.Tensor | None = None
@@ -67,16 +71,24 @@ class LeJEPAModel(nn.Module):
         The projector runs once on the embeddings of all views, so its BatchNorm statistics
         cover every view (as in the paper's reference code).
         """
+        from eo_jepa.ssl.gram import encode
+
         vg, b = globals_.shape[:2]
-        emb = self.encoder(globals_.flatten(0, 1))
+        emb, patches_g = encode(self.encoder, globals_.flatten(0, 1), self.gram_layer)
+        patches = None if patches_g is None else [patches_g]
         if locals_ is not None:
-            emb_all = torch.cat([emb, self.encoder(locals_.flatten(0, 1))])
+            emb_l, patches_l = encode(
+                self.encoder, locals_.flatten(0, 1), self.gram_layer if self.gram_locals else None
+            )
+            emb_all = torch.cat([emb, emb_l])
+            patches = patches if patches_l is None else [patches_g, patches_l]
         else:
             emb_all = emb
         proj = self.projector(emb_all)
         # clones: FSDP warns about returning views (in-place ops on them would skip its hooks)
         proj_g = proj[: vg * b].reshape(vg, b, -1).clone()
         proj_l = proj[vg * b :].reshape(-1, b, proj.shape[-1]).clone() if locals_ is not None else None
+        self.patches = patches
         return emb.detach().reshape(vg, b, -1).clone(), proj_g, proj_l
 
 
@@ -183,7 +195,10 @@ def build_model(cfg: TrainConfig, encoder: Any) -> LeJEPAModel:
         out_dim=cfg.model.proj_out,
         num_layers=cfg.model.proj_layers,
     )
-    return LeJEPAModel(encoder, projector)
+    model = LeJEPAModel(encoder, projector)
+    if cfg.loss.gram.weight > 0:
+        model.gram_layer, model.gram_locals = cfg.loss.gram.layer, cfg.loss.gram.views == "all"
+    return model
 
 
 class _Metrics:
@@ -262,6 +277,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
     from tqdm.auto import tqdm
 
     from eo_jepa.ssl import effective_rank
+    from eo_jepa.ssl.gram import make_gram
     from eo_jepa.train.data import build_views, make_loader, open_source
 
     env = D.setup(cfg.device, cfg.dist.backend)
@@ -289,6 +305,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
         views = build_views(cfg.views, source, raw_unit_stats(encoder))
         model = build_model(cfg, encoder).to(env.device)
         loss_fn = make_loss(cfg).to(env.device)
+        gram = make_gram(cfg, encoder, env)  # frozen teacher (before a resume loads the student)
         loader, sampler = make_loader(
             source,
             views,
@@ -421,6 +438,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                     with autocast():
                         emb, proj_g, proj_l = wrapped(glob, loc)
                         out = loss_fn(proj_g.float(), None if proj_l is None else proj_l.float())
+                        out = out if gram is None else gram.add_to(out, (glob, loc), model.patches)
                     scaler.scale(out.loss / accum).backward()
                 # The step no longer needs the input views (backward has run): their buffer may be reused.
                 del glob, loc
@@ -446,6 +464,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                         "loss": float(out.loss.detach()),
                         "pred": float(out.pred),
                         "sigreg": float(out.sigreg),
+                        **({} if out.gram is None else {"gram": float(out.gram)}),
                         "lr": lr,
                         "images_per_s": images_per_step * (step - step_last) / max(now - t_last, 1e-9),
                     }
