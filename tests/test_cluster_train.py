@@ -19,7 +19,7 @@ from test_train import _assert_same_step, _env, _free_port, _initial_state, _los
 from train_data import make_chip_store
 
 from eo_jepa.cli import main
-from eo_jepa.train.checkpointing import load_state
+from eo_jepa.train.checkpointing import DIGESTS, load_state
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -162,10 +162,12 @@ def test_elastic_restart_after_a_killed_rank_resumes_from_the_last_checkpoint(st
 
 
 def _resume_from(ckpt: Path, out: Path, name: str) -> Path:
-    """A new run folder holding only ``ckpt`` as its last.pt (a run stopped at step MID)."""
+    """A new run folder holding only ``ckpt`` as its last.pt (a run stopped at step MID), with the
+    digests record that lets the resume verify it (digests are matched on content, not on name)."""
     run = out / name
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(ckpt, run / "checkpoints" / "last.pt")
+    shutil.copy(ckpt.parent / DIGESTS, run / "checkpoints" / DIGESTS)
     return run
 
 
