@@ -292,7 +292,7 @@ CASES: list[Case] = [
         "resume-changed-batch",
         "accepted",
         lambda w, t: _resume(w, t, "data.batch_size=8"),
-        "data.batch_size (16 -> 8)",
+        "data.batch_size=16 x optim.grad_accum=1) but this run has 8",
     ),
     (
         "resume-no-run",
