@@ -134,7 +134,9 @@ class DistConfig:
 @dataclass
 class LogConfig:
     every: int = 10  # metrics.jsonl / TensorBoard every N optimiser steps
-    rank_every: int = 50  # embedding effective rank (RankMe) every N steps
+    rank_every: int = 50  # probe-set health (RankMe, SIGReg, kNN: train/health.py) every N steps; 0 = off
+    health_samples: int = 1024  # held-out probe images (centre crops, cached) for the health figures
+    health_warn_fraction: float = 0.5  # warn once when the backbone rank falls below this share of step 0
     tensorboard: bool = True
 
 

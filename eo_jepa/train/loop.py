@@ -240,11 +240,16 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     # inline backend, a GUI) is left alone.
     from matplotlib.figure import Figure
 
+    from eo_jepa.train.health import health_rows, plot_health
+
     steps = [r["step"] for r in rows]
-    fig = Figure(figsize=(12, 3.2))
-    axes = fig.subplots(1, 3)
+    health = health_rows(run_dir)
+    fig = Figure(figsize=(16 if health else 12, 3.2))
+    axes = fig.subplots(1, 4 if health else 3)
+    if health:
+        plot_health(axes[3], health)
     for ax, key, title in zip(
-        axes, ("loss", "pred", "sigreg"), ("LeJEPA loss", "prediction", "SIGReg"), strict=True
+        axes[:3], ("loss", "pred", "sigreg"), ("LeJEPA loss", "prediction", "SIGReg"), strict=True
     ):
         ax.plot(steps, [r[key] for r in rows], lw=1.2)
         ax.set_title(title)
@@ -261,8 +266,8 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
     import yaml
     from tqdm.auto import tqdm
 
-    from eo_jepa.ssl import effective_rank
     from eo_jepa.train.data import build_views, make_loader, open_source
+    from eo_jepa.train.health import TrainHealth
 
     env = D.setup(cfg.device, cfg.dist.backend)
     try:
@@ -287,6 +292,8 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                 )
         views = build_views(cfg.views, source, raw_unit_stats(encoder))
         model = build_model(cfg, encoder).to(env.device)
+        fsdp = env.distributed and cfg.dist.strategy == "fsdp"  # FSDP: no single-process forward
+        health = TrainHealth(cfg, source, data, encoder, enabled=env.is_main and not fsdp)
         loss_fn = make_loss(cfg).to(env.device)
         loader, sampler = make_loader(
             source,
@@ -361,6 +368,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                 },
             )
         metrics = _Metrics(run_dir, env.is_main, cfg.log.tensorboard, step)
+        health.start(model, run_dir, metrics.writer, step)
         log.info(
             "Training %s on %d samples (%d steps/epoch, %d steps, %d process(es), %s, %s).",
             cfg.model.arch,
@@ -417,7 +425,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                 )
                 with sync:
                     with autocast():
-                        emb, proj_g, proj_l = wrapped(glob, loc)
+                        _, proj_g, proj_l = wrapped(glob, loc)
                         out = loss_fn(proj_g.float(), None if proj_l is None else proj_l.float())
                     scaler.scale(out.loss / accum).backward()
                 # The step no longer needs the input views (backward has run): their buffer may be reused.
@@ -447,15 +455,14 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                         "lr": lr,
                         "images_per_s": images_per_step * (step - step_last) / max(now - t_last, 1e-9),
                     }
-                    if cfg.log.rank_every and (step % cfg.log.rank_every == 0 or step == total):
-                        row["effective_rank"] = float(effective_rank(emb[0].detach().float()))
                     if not math.isfinite(row["loss"]):
                         raise DataError(
                             f"Loss became {row['loss']} at step {step}; lower optim.lr or enable optim.clip_grad."
                         )
+                    row.update(health.after_step(model, step, total))
                     metrics.log(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
-                    t_last, step_last = now, step
+                    t_last, step_last = time.perf_counter(), step  # health time not counted
                 if step % cfg.checkpoint.every == 0 or step == total:
                     checkpoint()
                     last_saved = step
