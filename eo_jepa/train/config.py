@@ -102,6 +102,8 @@ class LossConfig:
     num_knots: int = 17
     t_max: float = 3.0
     impl: Literal["fused", "reference"] = "fused"
+    # not in the paper: weight of SIGReg also on the backbone embedding of all views (0 = off)
+    embed_lam: float = 0.0
 
 
 @dataclass

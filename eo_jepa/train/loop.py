@@ -58,6 +58,8 @@ class LeJEPAModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.projector = projector
+        self.keep_embeddings = False
+        self.embeddings: torch.Tensor | None = None
 
     def forward(
         self, globals_: torch.Tensor, locals_: torch.Tensor | None = None
@@ -73,6 +75,8 @@ class LeJEPAModel(nn.Module):
             emb_all = torch.cat([emb, self.encoder(locals_.flatten(0, 1))])
         else:
             emb_all = emb
+        # loss.embed_lam > 0: the objective also needs the embeddings of all views (with gradient)
+        self.embeddings = emb_all.reshape(-1, b, emb_all.shape[-1]) if self.keep_embeddings else None
         proj = self.projector(emb_all)
         # clones: FSDP warns about returning views (in-place ops on them would skip its hooks)
         proj_g = proj[: vg * b].reshape(vg, b, -1).clone()
@@ -168,6 +172,7 @@ def make_loss(cfg: TrainConfig) -> nn.Module:
         "impl": cfg.loss.impl,
         "num_knots": cfg.loss.num_knots,
         "t_max": cfg.loss.t_max,
+        "embed_lam": cfg.loss.embed_lam,
     }
     if "ddp_average" in inspect.signature(LeJEPALoss).parameters:
         kwargs["ddp_average"] = True
@@ -183,7 +188,9 @@ def build_model(cfg: TrainConfig, encoder: Any) -> LeJEPAModel:
         out_dim=cfg.model.proj_out,
         num_layers=cfg.model.proj_layers,
     )
-    return LeJEPAModel(encoder, projector)
+    model = LeJEPAModel(encoder, projector)
+    model.keep_embeddings = cfg.loss.embed_lam > 0
+    return model
 
 
 class _Metrics:
@@ -426,7 +433,9 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                 with sync:
                     with autocast():
                         _, proj_g, proj_l = wrapped(glob, loc)
-                        out = loss_fn(proj_g.float(), None if proj_l is None else proj_l.float())
+                        out = loss_fn(
+                            proj_g.float(), None if proj_l is None else proj_l.float(), model.embeddings
+                        )
                     scaler.scale(out.loss / accum).backward()
                 # The step no longer needs the input views (backward has run): their buffer may be reused.
                 del glob, loc
