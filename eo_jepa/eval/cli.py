@@ -235,11 +235,9 @@ def health_cmd(
     import numpy as np
 
     from eo_jepa.eval.datasets import ImageFolderDataset
-    from eo_jepa.eval.features import extract_features
+    from eo_jepa.eval.features import FEATURE_KINDS, extract_features
     from eo_jepa.eval.health import representation_health
     from eo_jepa.utils.io import atomic_write_json
-
-    from eo_jepa.eval.features import FEATURE_KINDS
 
     if kind not in FEATURE_KINDS:
         raise ConfigError(f"--features must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}.")
