@@ -44,9 +44,14 @@ def register(app: typer.Typer) -> None:
         fmt: str = typer.Option(
             "ours", "--format", help="ours | legacy-pt (also writes the seed card's .pt)."
         ),
+        checkpoint: str = typer.Option(
+            "last",
+            "--checkpoint",
+            help="last, a step kept by checkpoint.keep_every (e.g. 500), or init (the untrained encoder).",
+        ),
     ) -> None:
         """Export a run's encoder (projector dropped) with bands, norm stats, config, provenance and card."""
         from eo_jepa.train.publish import publish
 
-        result = publish(run_dir, out, repo_id=repo_id, private=private, fmt=fmt)
+        result = publish(run_dir, out, repo_id=repo_id, private=private, fmt=fmt, checkpoint=checkpoint)
         typer.echo(str(result))
