@@ -155,6 +155,7 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 100
     max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs when smaller)
+    time_budget: str | None = None  # e.g. "30m", "2h": size the schedule to this wall-clock time (train/budget.py)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = None  # torch intra-op threads in the main process
     data: DataConfig = field(default_factory=DataConfig)
@@ -175,6 +176,10 @@ class TrainConfig:
             raise ConfigError("Set epochs >= 1 or max_steps.")
         if not self.name or "/" in self.name:
             raise ConfigError(f"name {self.name!r} must be a non-empty folder name without '/'.")
+        if self.time_budget is not None:
+            from eo_jepa.train.budget import parse_duration
+
+            parse_duration(self.time_budget)  # a clear error now rather than after the data is opened
 
 
 def load_train_config(

@@ -273,6 +273,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
     import yaml
     from tqdm.auto import tqdm
 
+    from eo_jepa.train.budget import TimeBudget
     from eo_jepa.train.data import build_views, make_loader, open_source
     from eo_jepa.train.health import TrainHealth
 
@@ -376,6 +377,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
             )
         metrics = _Metrics(run_dir, env.is_main, cfg.log.tensorboard, step)
         health.start(model, run_dir, metrics.writer, step)
+        budget = TimeBudget.for_run(cfg, run_dir, step, env.device, env.is_main)
         log.info(
             "Training %s on %d samples (%d steps/epoch, %d steps, %d process(es), %s, %s).",
             cfg.model.arch,
@@ -452,6 +454,8 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 step += 1
+                if budget is not None:  # train --time-budget: the schedule is sized to the time
+                    total, warmup = budget.after_step(step, total, warmup)
                 bar.update(1)
                 if step % cfg.log.every == 0 or step == total:
                     now = time.perf_counter()
