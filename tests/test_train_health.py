@@ -176,3 +176,20 @@ def test_trainer_logs_health_on_held_out_probe_set(tmp_path, caplog):
             assert row[key] == h[key]
         assert 1.0 <= row["rank_embed_c"] <= 12 and 1.0 <= row["rank_proj_c"] <= 12
     assert "rank_embed" not in by_step[1]
+
+
+def test_resume_drops_later_health_rows_and_keeps_the_start(tmp_path):
+    from eo_jepa.train.health import HealthLog, TrainHealth
+
+    rows = [{"step": s, "rank_embed_c": r, "rank_proj_c": 9.0} for s, r in ((0, 20.0), (3, 12.0), (6, 4.0))]
+    (tmp_path / HEALTH).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    log = HealthLog(tmp_path, None, resume_step=3)
+    assert [r["step"] for r in log.rows] == [0, 3]
+    assert [json.loads(ln)["step"] for ln in (tmp_path / HEALTH).read_text().splitlines()] == [0, 3]
+    # a resumed run takes its start value from step 0 of health.jsonl instead of measuring again
+    health = TrainHealth.__new__(TrainHealth)
+    health.every, health.log = 3, None
+    health.monitor = HealthMonitor(_Encoder(), _Images(20, 5), size=4, samples=20)
+    health.start(_Model(nn.Linear(48, 4)), tmp_path, None, step=3)
+    assert health.monitor.start == 20.0
+    assert [json.loads(ln)["step"] for ln in (tmp_path / HEALTH).read_text().splitlines()] == [0, 3]
