@@ -37,6 +37,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "lam0.2": ("lambda 0.2", ["loss.lam=0.2"]),
     "lam0.5": ("lambda 0.5", ["loss.lam=0.5"]),
     "slices1024": ("1024 slices", ["loss.num_slices=1024"]),
+    "bs64": ("batch 64 per view (2x)", ["data.batch_size=64"]),
     "bs128": ("batch 128 per view (4x)", ["data.batch_size=128"]),
     "bs128_lam0.0125": (
         "batch 128, lambda 0.0125 (lambda x batch as base)",

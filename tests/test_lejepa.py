@@ -180,3 +180,32 @@ def test_sigreg_on_embeddings_needs_them_in_the_right_shape():
         loss_fn(g, loc, torch.randn(2, 8, 5))
     with pytest.raises(ValueError, match="embed_lam must be 0 or more"):
         LeJEPALoss(embed_lam=-1.0)
+
+
+def test_sigreg_grows_with_the_batch_on_low_rank_embeddings_so_lam_is_scaled():
+    """Why loss.lam_batch: for non-Gaussian (here rank-4) embeddings the statistic is ~N times a
+    distance, for Gaussian ones it stays O(1); the prediction term does not depend on N."""
+    from eo_jepa.ssl import batch_scaled_lam
+
+    sig = SIGReg(num_slices=128, distributed=False).eval()
+    gen = torch.Generator().manual_seed(0)
+
+    def mean_stat(n: int, rank: int | None) -> float:
+        vals = []
+        for _ in range(4):
+            z = torch.randn(n, 32, generator=gen)
+            if rank is not None:
+                z = torch.randn(n, rank, generator=gen) @ torch.randn(rank, 32, generator=gen) / rank**0.5
+            vals.append(float(sig(z)))
+        return float(np.mean(vals))
+
+    low64, low512 = mean_stat(64, 4), mean_stat(512, 4)
+    assert 5.0 < low512 / low64 < 11.0  # ~8x for 8x the batch
+    assert mean_stat(512, None) < 1.5 and mean_stat(64, None) < 1.5
+    # λ'/(1-λ') = λ/(1-λ) · lam_batch / batch, checked against the direct formula
+    for lam, ref, n in ((0.05, 256, 32), (0.05, 256, 256), (0.2, 64, 512), (0.5, 10, 10)):
+        got = batch_scaled_lam(lam, ref, n)
+        assert got / (1 - got) == pytest.approx(lam / (1 - lam) * ref / n, rel=1e-12)
+    assert batch_scaled_lam(0.05, None, 32) == 0.05 and batch_scaled_lam(0.05, 256, 256) == pytest.approx(
+        0.05
+    )

@@ -193,3 +193,14 @@ def test_resume_drops_later_health_rows_and_keeps_the_start(tmp_path):
     health.start(_Model(nn.Linear(48, 4)), tmp_path, None, step=3)
     assert health.monitor.start == 20.0
     assert [json.loads(ln)["step"] for ln in (tmp_path / HEALTH).read_text().splitlines()] == [0, 3]
+
+
+def test_trainer_scales_lam_to_its_batch_when_lam_batch_is_set():
+    from eo_jepa.train.config import load_train_config
+    from eo_jepa.train.loop import make_loss
+
+    plain = make_loss(load_train_config(TINY, ["loss.lam=0.05"]))
+    assert plain.lam == 0.05
+    scaled = make_loss(load_train_config(TINY, ["loss.lam=0.05", "loss.lam_batch=256", "data.batch_size=16"]))
+    ratio = 0.05 / 0.95 * 256 / 16  # the recipe's trade-off at 256 samples per view, at 16
+    assert scaled.lam == pytest.approx(ratio / (1 + ratio), rel=1e-12)

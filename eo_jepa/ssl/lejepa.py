@@ -29,6 +29,23 @@ class LeJEPAOutput:
     sigreg_embed: Tensor | None = None  # SIGReg of the backbone embeddings (embed_lam > 0)
 
 
+def batch_scaled_lam(lam: float, lam_batch: int | None, batch: int) -> float:
+    """λ for ``batch`` samples per view that weighs SIGReg against prediction as ``lam`` does at ``lam_batch``.
+
+    The SIGReg statistic is N times an empirical distance, so for embeddings that are not Gaussian
+    (a collapsing batch) its value and gradient grow linearly with the batch N, while the prediction
+    term is a mean and does not. The trade-off λ/(1 − λ) of a recipe tuned at ``lam_batch`` therefore
+    keeps its strength at another batch when scaled by ``lam_batch / batch``:
+    ``λ'/(1 − λ') = λ/(1 − λ) · lam_batch / batch``. ``lam_batch=None`` returns ``lam`` unchanged.
+    """
+    if lam_batch is None or lam in (0.0, 1.0):
+        return float(lam)
+    if lam_batch < 1 or batch < 1:
+        raise ValueError(f"lam_batch and batch must be positive, got {lam_batch} and {batch}.")
+    ratio = lam / (1.0 - lam) * lam_batch / batch
+    return float(ratio / (1.0 + ratio))
+
+
 def _check_views(x: Tensor, name: str) -> None:
     if not isinstance(x, Tensor) or x.dim() != 3:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__

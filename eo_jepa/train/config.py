@@ -98,6 +98,9 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     lam: float = 0.05  # weight of SIGReg; the prediction term gets 1 - lam
+    # null: lam as given. N: lam is meant at N samples per view (global batch) and is rescaled to this
+    # run's batch, since SIGReg grows with the batch and the prediction term does not (README)
+    lam_batch: int | None = None
     num_slices: int = 1024
     num_knots: int = 17
     t_max: float = 3.0

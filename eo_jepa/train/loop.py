@@ -164,11 +164,17 @@ def raw_unit_stats(encoder: Any) -> dict[str, dict[str, float]]:
 
 
 def make_loss(cfg: TrainConfig) -> nn.Module:
-    from eo_jepa.ssl import LeJEPALoss
+    from eo_jepa.ssl import LeJEPALoss, batch_scaled_lam, world_size
 
+    # loss.lam_batch: λ is the recipe's at that batch; SIGReg sees the global batch of every view
+    lam = batch_scaled_lam(cfg.loss.lam, cfg.loss.lam_batch, cfg.data.batch_size * world_size())
+    if lam != cfg.loss.lam:
+        log.info(
+            "loss.lam %g at batch %d is λ = %.4g at this run's batch.", cfg.loss.lam, cfg.loss.lam_batch, lam
+        )
     kwargs: dict[str, Any] = {
         "num_slices": cfg.loss.num_slices,
-        "lam": cfg.loss.lam,
+        "lam": lam,
         "impl": cfg.loss.impl,
         "num_knots": cfg.loss.num_knots,
         "t_max": cfg.loss.t_max,
