@@ -117,11 +117,17 @@ class HealthMonitor:
         labels = list(getattr(dataset, "labels", [None] * n))
         self.labels = [labels[i] for i in order]
         size -= size % encoder.patch_size
-        raw = torch.stack([center_crop(dataset[int(i)]["pixels"], size) for i in order])
-        with torch.no_grad():  # the encoder's statistics are fixed for the run: normalise once
-            inputs = encoder.normalize(raw).to("cpu")
         # float32 unless the cache would be large (float16 rounding adds a small noise floor to ranks)
-        self.inputs = inputs if inputs.numel() * 4 <= CACHE_FP32_BYTES else inputs.to(torch.float16)
+        channels = len(getattr(encoder, "bands", ())) or np.asarray(dataset[0]["pixels"]).shape[0]
+        big = len(order) * channels * size * size * 4 > CACHE_FP32_BYTES
+        chunks = []
+        for start in range(0, len(order), BATCH):  # read and normalise in chunks: a small peak memory
+            raw = torch.stack(
+                [center_crop(dataset[int(i)]["pixels"], size) for i in order[start : start + BATCH]]
+            )
+            with torch.no_grad():  # the encoder's statistics are fixed for the run: normalise once
+                chunks.append(encoder.normalize(raw).to("cpu", torch.float16 if big else torch.float32))
+        self.inputs = torch.cat(chunks)
         self.split = split
         self.warn_fraction = warn_fraction
         self.num_slices = num_slices
