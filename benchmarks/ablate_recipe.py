@@ -5,7 +5,8 @@ recipe and with one change at a time towards, or away from, the official LeJEPA 
 seeds each, and reads the trainer's own health figures (``health.jsonl``, measured on the chip
 store's held-out split: see ``eo_jepa/train/health.py``). Columns: RankMe of the backbone
 embedding at step 0 and at the end (centred), of the projector output (centred), the standardised
-SIGReg statistic of the backbone embedding, within-probe-set kNN top-1, and the last loss.
+SIGReg statistic of the backbone embedding, within-probe-set kNN top-1, and the last loss. It first
+prints the SIGReg statistic of Gaussian and of low-rank embeddings against the batch size (seconds).
 
     python benchmarks/ablate_recipe.py                       # builds the small demo chips in a temp dir
     python benchmarks/ablate_recipe.py --chips DIR --seeds 0 1 2 --only base lam0.02
@@ -51,6 +52,32 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "wd0": ("no weight decay", ["optim.weight_decay=0.0"]),
     "nowarmup": ("no warm-up", ["optim.warmup_steps=0"]),
 }
+
+
+def sigreg_vs_batch(
+    batches: tuple[int, ...] = (16, 32, 64, 128, 256, 512), reps: int = 5
+) -> dict[str, list[float]]:
+    """SIGReg (256 slices, fixed directions) of Gaussian and of rank-6 embeddings in 64 dims, per batch N.
+
+    Why lambda depends on the batch: on a collapsing (non-Gaussian) batch the statistic grows ~N,
+    on a Gaussian one it stays ~1, and the prediction term does not depend on N.
+    """
+    import torch
+
+    from eo_jepa.ssl import SIGReg
+
+    sig = SIGReg(num_slices=256, distributed=False).eval()
+    gen = torch.Generator().manual_seed(0)
+    out: dict[str, list[float]] = {"batch": list(batches), "gaussian": [], "rank6": []}
+    for n in batches:
+        g = [float(sig(torch.randn(n, 64, generator=gen))) for _ in range(reps)]
+        low = [
+            float(sig(torch.randn(n, 6, generator=gen) @ torch.randn(6, 64, generator=gen) / 6**0.5))
+            for _ in range(reps)
+        ]
+        out["gaussian"].append(float(np.mean(g)))
+        out["rank6"].append(float(np.mean(low)))
+    return out
 
 
 def build_chips(out: Path, size: str) -> Path:
@@ -117,6 +144,11 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    scaling = sigreg_vs_batch()
+    print("SIGReg statistic vs batch N (256 slices, mean of 5 draws):")
+    print(f"{'N':>6} {'Gaussian':>10} {'rank-6 in 64 dims':>18}")
+    for n, g, low in zip(scaling["batch"], scaling["gaussian"], scaling["rank6"], strict=True):
+        print(f"{n:>6} {g:>10.2f} {low:>18.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +181,11 @@ def main() -> None:
             summary[name][key + "_std"] = float(v.std())
             cells.append(f"{v.mean():>8.3g} ±{v.std():<5.2g}")
         print(f"{name:<12} " + " ".join(cells) + f"  {VARIANTS[name][0]}")
-    print(json.dumps({"bench": "ablate_recipe", "seeds": args.seeds, "results": summary}))
+    print(
+        json.dumps(
+            {"bench": "ablate_recipe", "seeds": args.seeds, "sigreg_vs_batch": scaling, "results": summary}
+        )
+    )
 
 
 if __name__ == "__main__":
