@@ -1,7 +1,8 @@
 """``train --time-budget 30m``: size the learning-rate schedule to a wall-clock budget.
 
 CPU users cannot guess ``max_steps``. With a budget the trainer runs a few steps, measures the
-time per optimiser step, and sets the total number of steps (hence the warm-up, when it is a
+time per optimiser step (over 10 steps after the first 2, or fewer when a single process has used
+10% of its budget by then), and sets the total number of steps (hence the warm-up, when it is a
 fraction, and the cosine decay to ``lr × final_lr_ratio``) to what fits in the time left, with a
 small margin for checkpoints and health measurements; never more than the configured
 ``epochs``/``max_steps``. The sized total is kept in ``<run>/time_budget.json`` so a resumed run
@@ -97,7 +98,7 @@ class TimeBudget:
         now = self.clock()
         if done == SKIP:
             self.t_mark = now
-        elif self.sized is None and done == SKIP + MEASURE:  # the same step on every rank
+        elif self.sized is None and done > SKIP and (done == SKIP + MEASURE or self._short(now)):
             per_step = (now - self.t_mark) / (done - SKIP)
             left = self.seconds - (now - self.t0)
             fit = step + max(0, math.floor(MARGIN * left / max(per_step, 1e-9)))
@@ -111,7 +112,8 @@ class TimeBudget:
             )
             if self.path is not None:
                 atomic_write_json(
-                    self.path, {"seconds": self.seconds, "total": total, "per_step_s": per_step}
+                    self.path,
+                    {"seconds": self.seconds, "total": total, "per_step_s": per_step, "sized_at": step},
                 )
         # Out of time: stop here (the final checkpoint is still written). Ranks decide together, at
         # the same steps (every step on one process, every CHECK_EVERY steps under torch.distributed).
@@ -121,6 +123,12 @@ class TimeBudget:
                 log.warning("Time budget of %.0f s reached at step %d; stopping.", self.seconds, step)
                 total = self.sized = out
         return total, self.warmup_for(total, warmup)
+
+    def _short(self, now: float) -> bool:
+        """One process whose steps are slow for its budget: size before 10% of the time is gone.
+
+        (Under torch.distributed sizing waits for the fixed step, the same on every rank.)"""
+        return _world() == 1 and now - self.t0 > 0.1 * self.seconds
 
     def _agree(self, total: int) -> int:
         """The smallest ``total`` over all ranks (one process: unchanged)."""
