@@ -220,3 +220,24 @@ def test_out_is_a_file(tmp_path):
     target.write_text("x")
     with pytest.raises(DataError, match="is a file"):
         run_quickstart(target, size="tiny")
+
+
+def test_summary_shows_backbone_rank_before_and_after(quickstart):
+    """The backbone's rank (held-out probe chips, from the trainer's health.jsonl) next to kNN."""
+    summary = json.loads((quickstart["out"] / "summary.json").read_text())
+    ev = summary["steps"]["evaluate"]["outputs"]
+    health = [
+        json.loads(ln)
+        for ln in (quickstart["out"] / "runs" / "quickstart" / "health.jsonl").read_text().splitlines()
+    ]
+    assert health[0]["step"] == 0 and health[-1]["step"] == summary["steps"]["pretrain"]["outputs"]["steps"]
+    assert ev["rank_untrained"] == health[0]["rank_embed_c"]
+    assert ev["rank_pretrained"] == health[-1]["rank_embed_c"]
+    assert 1.0 <= ev["rank_pretrained"] <= 192 and 1.0 <= ev["rank_untrained"] <= 192
+    before = re.search(r"before training:\s+([0-9.]+)", quickstart["stdout"])
+    after = re.search(r"after training :\s+([0-9.]+)", quickstart["stdout"])
+    assert before and after, quickstart["stdout"]
+    assert (before.group(1), after.group(1)) == (
+        f"{ev['rank_untrained']:.1f}",
+        f"{ev['rank_pretrained']:.1f}",
+    )
