@@ -44,6 +44,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "batch 128, lambda 0.0125 (lambda x batch as base)",
         ["data.batch_size=128", "loss.lam=0.0125"],
     ),
+    "lam_batch256": (
+        "lambda 0.05 meant at batch 256 (loss.lam_batch): 0.30 at 32",
+        ["loss.lam_batch=256"],
+    ),
     "embed0.05": ("+ SIGReg on the backbone embedding, weight 0.05", ["loss.embed_lam=0.05"]),
     "embed0.2": ("+ SIGReg on the backbone embedding, weight 0.2", ["loss.embed_lam=0.2"]),
     "local6": ("6 local views (paper)", ["views.num_local=6"]),
