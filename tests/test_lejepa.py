@@ -135,3 +135,73 @@ def test_effective_rank_matches_numpy_and_extremes():
     assert effective_rank(line) == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(ValueError, match=r"got shape \(20,\)"):
         effective_rank(torch.randn(20))
+
+
+def test_sigreg_on_backbone_embeddings_matches_float64_reference():
+    """loss.embed_lam: (1-λ)·pred + λ·SIGReg(proj) + w·SIGReg(embeddings), value and gradient in float64."""
+    g, loc = _views(b=48, p=16)
+    gen = torch.Generator().manual_seed(5)
+    emb = torch.randn(6, 48, 24, generator=gen, dtype=torch.float64) * 2 + 1
+    lam, w = 0.05, 0.3
+    e1 = emb.clone().requires_grad_()
+    out = LeJEPALoss(num_slices=64, lam=lam, embed_lam=w)(g.double(), loc.double(), e1)
+    out.loss.backward()
+    # independent: the direct formula (reference impl, float64) with the same step-0 directions
+    e2 = emb.clone().requires_grad_()
+    views = torch.cat([g, loc]).double()
+    pred = (views - g.double().mean(0)).square().mean()
+    ref = (1 - lam) * pred + lam * SIGReg(64, impl="reference")(views)
+    sig_e = SIGReg(64, impl="reference")(e2)
+    ref = ref + w * sig_e
+    ref.backward()
+    assert out.loss.item() == pytest.approx(ref.item(), rel=1e-6)  # the prediction term runs in float32
+    assert out.sigreg_embed is not None
+    assert out.sigreg_embed.item() == pytest.approx(sig_e.item(), rel=1e-10)
+    assert out.sigreg_embed.item() > 1.0  # not N(0, I): shifted and scaled
+    torch.testing.assert_close(e1.grad, e2.grad, rtol=1e-8, atol=1e-12)
+    # the default objective ignores embeddings and reports none
+    plain = LeJEPALoss(num_slices=64, lam=lam)(g, loc, emb.float())
+    assert plain.sigreg_embed is None
+    assert plain.loss.item() == pytest.approx(
+        ((1 - lam) * pred + lam * SIGReg(64, impl="reference")(views)).item(), rel=1e-5
+    )
+
+
+def test_sigreg_on_embeddings_needs_them_in_the_right_shape():
+    g, loc = _views(b=8, p=4)
+    loss_fn = LeJEPALoss(num_slices=8, embed_lam=0.1)
+    with pytest.raises(EmbeddingError, match="needs embeddings"):
+        loss_fn(g, loc)
+    with pytest.raises(EmbeddingError, match=r"same \(views, batch\) \(6, 8\).*\(2, 8, 5\)"):
+        loss_fn(g, loc, torch.randn(2, 8, 5))
+    with pytest.raises(ValueError, match="embed_lam must be 0 or more"):
+        LeJEPALoss(embed_lam=-1.0)
+
+
+def test_sigreg_grows_with_the_batch_on_low_rank_embeddings_so_lam_is_scaled():
+    """Why loss.lam_batch: for non-Gaussian (here rank-4) embeddings the statistic is ~N times a
+    distance, for Gaussian ones it stays O(1); the prediction term does not depend on N."""
+    from eo_jepa.ssl import batch_scaled_lam
+
+    sig = SIGReg(num_slices=128, distributed=False).eval()
+    gen = torch.Generator().manual_seed(0)
+
+    def mean_stat(n: int, rank: int | None) -> float:
+        vals = []
+        for _ in range(4):
+            z = torch.randn(n, 32, generator=gen)
+            if rank is not None:
+                z = torch.randn(n, rank, generator=gen) @ torch.randn(rank, 32, generator=gen) / rank**0.5
+            vals.append(float(sig(z)))
+        return float(np.mean(vals))
+
+    low64, low512 = mean_stat(64, 4), mean_stat(512, 4)
+    assert 5.0 < low512 / low64 < 11.0  # ~8x for 8x the batch
+    assert mean_stat(512, None) < 1.5 and mean_stat(64, None) < 1.5
+    # λ'/(1-λ') = λ/(1-λ) · lam_batch / batch, checked against the direct formula
+    for lam, ref, n in ((0.05, 256, 32), (0.05, 256, 256), (0.2, 64, 512), (0.5, 10, 10)):
+        got = batch_scaled_lam(lam, ref, n)
+        assert got / (1 - got) == pytest.approx(lam / (1 - lam) * ref / n, rel=1e-12)
+    assert batch_scaled_lam(0.05, None, 32) == 0.05 and batch_scaled_lam(0.05, 256, 256) == pytest.approx(
+        0.05
+    )

@@ -223,9 +223,9 @@ def test_out_is_a_file(tmp_path):
 
 
 def test_dense_probe_next_to_knn(quickstart):
+    """The summary shows the local-task side too: the linear per-patch land-cover probe, untrained vs pretrained."""
     from eo_jepa.demo.scenes import CLASSES
 
-    """The summary shows the local-task side too: the linear per-patch land-cover probe, untrained vs pretrained."""
     state = json.loads((quickstart["out"] / STATE_FILE).read_text())
     ev = state["steps"]["evaluate"]["outputs"]
     dense = json.loads(Path(ev["dense_json"]).read_text())
@@ -240,3 +240,24 @@ def test_dense_probe_next_to_knn(quickstart):
         assert 0.0 < res["miou"] <= 1.0
     printed = re.findall(r"encoder:?\s*:?\s+mIoU ([0-9.]+)", quickstart["stdout"])
     assert printed == [f"{ev['dense_miou_untrained']:.3f}", f"{ev['dense_miou_pretrained']:.3f}"]
+
+
+def test_summary_shows_backbone_rank_before_and_after(quickstart):
+    """The backbone's rank (held-out probe chips, from the trainer's health.jsonl) next to kNN."""
+    summary = json.loads((quickstart["out"] / "summary.json").read_text())
+    ev = summary["steps"]["evaluate"]["outputs"]
+    health = [
+        json.loads(ln)
+        for ln in (quickstart["out"] / "runs" / "quickstart" / "health.jsonl").read_text().splitlines()
+    ]
+    assert health[0]["step"] == 0 and health[-1]["step"] == summary["steps"]["pretrain"]["outputs"]["steps"]
+    assert ev["rank_untrained"] == health[0]["rank_embed_c"]
+    assert ev["rank_pretrained"] == health[-1]["rank_embed_c"]
+    assert 1.0 <= ev["rank_pretrained"] <= 192 and 1.0 <= ev["rank_untrained"] <= 192
+    before = re.search(r"before training:\s+([0-9.]+)", quickstart["stdout"])
+    after = re.search(r"after training :\s+([0-9.]+)", quickstart["stdout"])
+    assert before and after, quickstart["stdout"]
+    assert (before.group(1), after.group(1)) == (
+        f"{ev['rank_untrained']:.1f}",
+        f"{ev['rank_pretrained']:.1f}",
+    )

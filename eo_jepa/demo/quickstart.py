@@ -437,7 +437,13 @@ def _step_evaluate(out: Path, preset: Preset, result: QuickstartResult, say: Say
     atomic_write_json(eval_dir / "dense.json", dense)
     knn = scores["pretrained"]
     atomic_write_json(eval_dir / "knn.json", {"k": preset.knn_k, **scores})
+    rank = backbone_rank(Path(result.output("pretrain", "run_dir")))
+    if rank:
+        say(
+            f"      backbone rank (RankMe, centred): {rank['rank_untrained']:.1f} -> {rank['rank_pretrained']:.1f}"
+        )
     return {
+        **rank,
         "knn_k": preset.knn_k,
         "shots": knn["shots"],
         "n_train": knn["n_train"],
@@ -479,6 +485,17 @@ def dense_compare(encoders: dict[str, Any], scene: DemoScene, tile: int = 64) ->
         res = dense_probe(encoder, train, test, class_names=names, seeds=(0,))
         out[tag] = {**res.to_dict(), "tiles": {"train": len(train), "test": len(test), "size": tile}}
     return out
+
+
+def backbone_rank(run_dir: Path) -> dict[str, Any]:
+    """Backbone embedding RankMe (centred) on the held-out probe chips at step 0 and at the end, from
+    the trainer's ``health.jsonl`` (the untrained encoder is the run's step 0); ``{}`` without it."""
+    from eo_jepa.train.health import health_rows
+
+    rows = health_rows(run_dir)
+    if len(rows) < 2:
+        return {}
+    return {"rank_untrained": rows[0]["rank_embed_c"], "rank_pretrained": rows[-1]["rank_embed_c"]}
 
 
 def untrained_encoder(preset: Preset, out: Path, chips: str | Path) -> Any:
@@ -746,6 +763,15 @@ def _write_summary(out: Path, preset: Preset, result: QuickstartResult) -> str:
         f"  untrained encoder :   {ev['knn_untrained']:.3f}        {ev['knn_full_untrained']:.3f}",
         f"  pretrained encoder:   {ev['knn_pretrained']:.3f}        {ev['knn_full_pretrained']:.3f}",
         f"  * mean of {FEWSHOT_DRAWS} random draws of the reference chips",
+    ]
+    if "rank_pretrained" in ev:  # next to kNN: a collapsed embedding can still classify a few classes
+        dim = result.output("publish", "embed_dim")
+        lines += [
+            f"backbone embedding rank (RankMe, centred, of {dim} dims) on the held-out probe chips:",
+            f"  before training:  {ev['rank_untrained']:5.1f}",
+            f"  after training :  {ev['rank_pretrained']:5.1f}",
+        ]
+    lines += [
         "",
         f"Dense probe (linear per-patch land cover) mIoU on {ev['dense_tiles']['test']} held-out "
         f"{ev['dense_tiles']['size']} px tiles:",

@@ -38,6 +38,12 @@ BANDS = typer.Option(
     help="Bands to use, by name (red,green,blue; B04,B03,B02): they name the channels of unnamed images "
     "and select channels of chip stores and named TIFFs; an unknown or absent band is an error.",
 )
+FEATURES = typer.Option(
+    "auto",
+    "--features",
+    help="auto (lejepa for LeJEPA-trained models, else probe), lejepa (last-two-block tokens "
+    "concatenated + LayerNorm), probe (the same without LayerNorm), global or mean_patch.",
+)
 OUT_JSON = typer.Option(None, "--out", help="Also write the results as JSON here.")
 WORKERS = typer.Option(0, "--workers", help="Processes reading images in parallel (0: in the main process).")
 RESIZE = typer.Option(
@@ -100,6 +106,7 @@ def _probe(
         bf16=opts["bf16"],
         resize=opts["resize"],
         workers=opts["workers"],
+        features=opts["features"],
         **probe_kw,
     )
     typer.echo(
@@ -135,11 +142,21 @@ _PROBE_OPTIONS = (
     "bf16",
     "resize",
     "workers",
+    "features",
 )
 
 
 def _probe_options(arguments: dict[str, Any]) -> dict[str, Any]:
-    return {name: arguments[name] for name in _PROBE_OPTIONS}
+    from eo_jepa.eval.features import FEATURE_KINDS
+
+    opts = {name: arguments[name] for name in _PROBE_OPTIONS}
+    if opts["features"] not in ("auto", *FEATURE_KINDS):
+        raise ConfigError(
+            f"--features must be auto or one of {', '.join(FEATURE_KINDS)}, got {opts['features']!r}."
+        )
+    if opts["features"] == "auto":
+        opts["features"] = None
+    return opts
 
 
 @eval_app.command("knn")
@@ -160,6 +177,7 @@ def knn_cmd(
     bf16: bool = BF16,
     resize: bool = RESIZE,
     workers: int = WORKERS,
+    features: str = FEATURES,
     out: Path = OUT_JSON,
 ) -> None:
     """Weighted kNN (cosine, k=20, T=0.07) top-1 on frozen probe features; few-shot mean ± std over seeds."""
@@ -186,6 +204,7 @@ def linear_cmd(
     bf16: bool = BF16,
     resize: bool = RESIZE,
     workers: int = WORKERS,
+    features: str = FEATURES,
     out: Path = OUT_JSON,
 ) -> None:
     """Linear probe (LayerNorm + Linear, AdamW wd 1e-6, warm-up + cosine) top-1, mean ± std over seeds."""
@@ -203,7 +222,9 @@ def health_cmd(
         ..., "--data", "-d", help="A chip store (labels not needed) or an image folder."
     ),
     kind: str = typer.Option(
-        "global", "--features", help="global (the embedding) or probe (last-two-blocks)."
+        "global",
+        "--features",
+        help="global (the embedding), probe (last-two-blocks), lejepa (probe + LayerNorm) or mean_patch.",
     ),
     limit: int = typer.Option(4096, "--limit", help="At most this many images (evenly spaced)."),
     bands: str = BANDS,
@@ -217,12 +238,12 @@ def health_cmd(
     import numpy as np
 
     from eo_jepa.eval.datasets import open_unlabelled
-    from eo_jepa.eval.features import extract_features
+    from eo_jepa.eval.features import FEATURE_KINDS, extract_features
     from eo_jepa.eval.health import representation_health
     from eo_jepa.utils.io import atomic_write_json
 
-    if kind not in ("global", "probe"):
-        raise ConfigError(f"--features must be 'global' or 'probe', got {kind!r}.")
+    if kind not in FEATURE_KINDS:
+        raise ConfigError(f"--features must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}.")
     dataset = open_unlabelled(data, bands=bands.split(",") if bands else None)
     n = len(dataset)
     indices = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)) if n else []

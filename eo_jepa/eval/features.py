@@ -27,7 +27,15 @@ from eo_jepa.utils.logging import progress_disabled
 
 log = logging.getLogger(__name__)
 
-FeatureKind = Literal["probe", "global", "mean_patch"]
+FeatureKind = Literal["lejepa", "probe", "global", "mean_patch"]
+FEATURE_KINDS: tuple[str, ...] = ("lejepa", "probe", "global", "mean_patch")
+# What each kind is, for messages and reports.
+FEATURE_HELP = {
+    "lejepa": "last two blocks' CLS (or mean patch) tokens concatenated, then LayerNorm (LeJEPA probe)",
+    "probe": "last two blocks' CLS (or mean patch) tokens concatenated",
+    "global": "the encoder's embedding (CLS token or mean patch token)",
+    "mean_patch": "mean of the last block's patch tokens",
+}
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -105,7 +113,18 @@ def probe_features(encoder: Any, x: torch.Tensor) -> torch.Tensor:
     return encoder.forward_features(x).mean(dim=(2, 3))
 
 
+def default_probe_kind(encoder: Any) -> FeatureKind:
+    """``"lejepa"`` for an encoder eo-jepa trained with LeJEPA (its checkpoint carries the training
+    config with a SIGReg loss), else ``"probe"``."""
+    training = (getattr(encoder, "config", None) or {}).get("training_config") or {}
+    loss = training.get("loss") if isinstance(training, dict) else None
+    return "lejepa" if isinstance(loss, dict) and "num_slices" in loss else "probe"
+
+
 def _features(encoder: Any, x: torch.Tensor, kind: FeatureKind) -> torch.Tensor:
+    if kind == "lejepa":  # LeJEPA's linear-probe input: LayerNorm (no affine) of the concatenation
+        f = probe_features(encoder, x).float()
+        return F.layer_norm(f, f.shape[-1:])
     if kind == "probe":
         return probe_features(encoder, x)
     if kind == "global":

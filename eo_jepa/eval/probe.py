@@ -32,6 +32,7 @@ class ProbeResult:
     num_train: int
     num_test: int
     classes: list[str] = field(default_factory=list)
+    features: str = "probe"  # which features the probe used (eo_jepa.eval.features.FEATURE_KINDS)
 
     @property
     def mean(self) -> float:
@@ -48,7 +49,7 @@ class ProbeResult:
         shots = "all" if self.shots is None else f"{self.shots}-shot"
         return (
             f"{self.method:6s} {shots:>8s}  top-1 {100 * self.mean:6.2f} ± {100 * self.std:5.2f} %  "
-            f"(train {self.num_train}, test {self.num_test}, {len(self.seeds)} seed(s))"
+            f"(train {self.num_train}, test {self.num_test}, {len(self.seeds)} seed(s), features {self.features})"
         )
 
 
@@ -111,9 +112,20 @@ def evaluate(
     bf16: bool = False,
     resize: bool = False,
     workers: int = 0,
+    features: str | None = None,
 ) -> list[ProbeResult]:
-    """Extract probe features of the train and evaluation splits once, then run every probe."""
-    from eo_jepa.eval.features import extract_features
+    """Extract probe features of the train and evaluation splits once, then run every probe.
+
+    ``features``: a kind of :data:`eo_jepa.eval.features.FEATURE_KINDS`; ``None`` picks
+    :func:`~eo_jepa.eval.features.default_probe_kind` (``lejepa`` for LeJEPA-trained encoders).
+    """
+    from eo_jepa.eval.features import FEATURE_KINDS, default_probe_kind, extract_features
+
+    kind = features or default_probe_kind(encoder)
+    if kind not in FEATURE_KINDS:
+        from eo_jepa.errors import ConfigError
+
+        raise ConfigError(f"Unknown features {kind!r}; choose one of: {', '.join(FEATURE_KINDS)}.")
 
     train_idx = data.splits["train"]
     test_idx = data.splits[data.eval_split]
@@ -124,7 +136,7 @@ def evaluate(
             "The dataset split has an empty train or test part; add labelled samples or a split file."
         )
     common = dict(
-        kind="probe",
+        kind=kind,
         batch_size=batch_size,
         device=device,
         bf16=bf16,
@@ -151,6 +163,7 @@ def evaluate(
                 temperature=temperature,
                 linear=linear,
             )
+            result.features = kind
             log.info("%s", result.summary())
             results.append(result)
     return results

@@ -8,7 +8,7 @@
 ['loss', 'pred', 'sigreg']
 """
 
-from eo_jepa.ssl.lejepa import LeJEPALoss, LeJEPAOutput
+from eo_jepa.ssl.lejepa import LeJEPALoss, LeJEPAOutput, batch_scaled_lam
 from eo_jepa.ssl.projector import Projector, effective_rank
 from eo_jepa.ssl.sigreg import (
     IMPLS,
@@ -28,6 +28,7 @@ __all__ = [
     "LeJEPAOutput",
     "Projector",
     "SIGReg",
+    "batch_scaled_lam",
     "effective_rank",
     "expected_gaussian_value",
     "quadrature",

@@ -3,6 +3,10 @@
 ``loss = (1 − λ) · prediction + λ · SIGReg``, nothing else: no teacher, no EMA, no
 stop-gradient. The prediction term is the mean squared error of every view's projection (global
 and local) to the mean of the global views' projections; SIGReg is averaged over all views.
+
+Option (not in the paper, off by default): ``embed_lam`` > 0 adds ``embed_lam · SIGReg`` of the
+backbone embeddings of all views, so the isotropy SIGReg asks of the projector output is also
+asked of the embedding users keep (the projector is dropped after training).
 """
 
 from __future__ import annotations
@@ -23,6 +27,24 @@ class LeJEPAOutput:
     pred: Tensor
     sigreg: Tensor
     gram: Tensor | None = None
+    sigreg_embed: Tensor | None = None  # SIGReg of the backbone embeddings (embed_lam > 0)
+
+
+def batch_scaled_lam(lam: float, lam_batch: int | None, batch: int) -> float:
+    """λ for ``batch`` samples per view that weighs SIGReg against prediction as ``lam`` does at ``lam_batch``.
+
+    The SIGReg statistic is N times an empirical distance, so for embeddings that are not Gaussian
+    (a collapsing batch) its value and gradient grow linearly with the batch N, while the prediction
+    term is a mean and does not. The trade-off λ/(1 − λ) of a recipe tuned at ``lam_batch`` therefore
+    keeps its strength at another batch when scaled by ``lam_batch / batch``:
+    ``λ'/(1 − λ') = λ/(1 − λ) · lam_batch / batch``. ``lam_batch=None`` returns ``lam`` unchanged.
+    """
+    if lam_batch is None or lam in (0.0, 1.0):
+        return float(lam)
+    if lam_batch < 1 or batch < 1:
+        raise ValueError(f"lam_batch and batch must be positive, got {lam_batch} and {batch}.")
+    ratio = lam / (1.0 - lam) * lam_batch / batch
+    return float(ratio / (1.0 + ratio))
 
 
 def _check_views(x: Tensor, name: str) -> None:
@@ -51,9 +73,12 @@ class LeJEPALoss(nn.Module):
             process on the concatenated batch. The prediction term, a mean over the local batch,
             needs no compensation when ranks have equal batch sizes. Set False if you reduce
             gradients with a SUM yourself. Without torch.distributed it does nothing.
+        embed_lam: weight of an extra SIGReg term on the backbone embeddings (default 0: the
+            paper's objective). Then ``forward`` needs ``embeddings`` (V, B, D) of all views; the
+            term has its own :class:`SIGReg` (``self.sigreg_embed``, same slices and grid).
 
-    ``forward(global_proj (Vg, B, P), local_proj (Vl, B, P) or None)`` returns
-    :class:`LeJEPAOutput` ``(loss, pred, sigreg)``.
+    ``forward(global_proj (Vg, B, P), local_proj (Vl, B, P) or None, embeddings=None)`` returns
+    :class:`LeJEPAOutput` ``(loss, pred, sigreg, sigreg_embed)``.
     """
 
     def __init__(
@@ -65,18 +90,29 @@ class LeJEPALoss(nn.Module):
         t_max: float = 3.0,
         *,
         ddp_average: bool = True,
+        embed_lam: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"LeJEPA lam must lie in [0, 1], got {lam}; the paper's default is 0.05.")
+        if not embed_lam >= 0.0:
+            raise ValueError(f"LeJEPA embed_lam must be 0 or more, got {embed_lam}.")
         self.lam = float(lam)
+        self.embed_lam = float(embed_lam)
         self.ddp_average = ddp_average
         self.sigreg = SIGReg(num_slices=num_slices, num_knots=num_knots, t_max=t_max, impl=impl)
+        self.sigreg_embed = (
+            SIGReg(num_slices=num_slices, num_knots=num_knots, t_max=t_max, impl=impl)
+            if embed_lam > 0
+            else None
+        )
 
     def extra_repr(self) -> str:
-        return f"lam={self.lam}, ddp_average={self.ddp_average}"
+        return f"lam={self.lam}, embed_lam={self.embed_lam}, ddp_average={self.ddp_average}"
 
-    def forward(self, global_proj: Tensor, local_proj: Tensor | None = None) -> LeJEPAOutput:
+    def forward(
+        self, global_proj: Tensor, local_proj: Tensor | None = None, embeddings: Tensor | None = None
+    ) -> LeJEPAOutput:
         _check_views(global_proj, "global_proj")
         views = global_proj
         if local_proj is not None:
@@ -96,4 +132,21 @@ class LeJEPALoss(nn.Module):
         if factor > 1 and self.sigreg.distributed is not False:
             sigreg = scale_grad(sigreg, factor)
         loss = (1.0 - self.lam) * pred + self.lam * sigreg
-        return LeJEPAOutput(loss=loss, pred=pred.detach(), sigreg=sigreg.detach())
+        sigreg_embed = None
+        if self.sigreg_embed is not None:
+            if embeddings is None:
+                raise EmbeddingError(
+                    "LeJEPALoss with embed_lam > 0 needs embeddings=(views, batch, dim) of the backbone."
+                )
+            _check_views(embeddings, "embeddings")
+            if embeddings.shape[:2] != views.shape[:2]:
+                raise EmbeddingError(
+                    f"LeJEPALoss needs embeddings for the same (views, batch) {tuple(views.shape[:2])} as the "
+                    f"projections, got shape {tuple(embeddings.shape)}."
+                )
+            sigreg_embed = self.sigreg_embed(embeddings)
+            if factor > 1 and self.sigreg_embed.distributed is not False:
+                sigreg_embed = scale_grad(sigreg_embed, factor)
+            loss = loss + self.embed_lam * sigreg_embed
+            sigreg_embed = sigreg_embed.detach()
+        return LeJEPAOutput(loss=loss, pred=pred.detach(), sigreg=sigreg.detach(), sigreg_embed=sigreg_embed)

@@ -52,6 +52,8 @@ SAFE_TO_CHANGE = (
     "log.every",
     "log.rank_every",
     "log.tensorboard",
+    "log.health_samples",
+    "log.health_warn_fraction",
     "checkpoint.every",
     "checkpoint.keep_every",
     "data.num_workers",

@@ -21,6 +21,11 @@ def register(app: typer.Typer) -> None:
             None, "--data", help="Chip store or raster folder (overrides data.path)."
         ),
         resume: bool = typer.Option(False, "--resume", help="Continue from runs/<name>/checkpoints/last.pt."),
+        time_budget: Optional[str] = typer.Option(
+            None,
+            "--time-budget",
+            help="Wall-clock budget such as 30m or 2h: the step count and cosine schedule are sized to it.",
+        ),
     ) -> None:
         """Pretrain an encoder with LeJEPA; trailing key=value pairs override the config.
 
@@ -29,7 +34,8 @@ def register(app: typer.Typer) -> None:
         from eo_jepa.train.config import load_train_config
         from eo_jepa.train.loop import train
 
-        cfg = load_train_config(config, list(ctx.args))
+        extra = [f"time_budget={time_budget}"] if time_budget else []
+        cfg = load_train_config(config, [*ctx.args, *extra])
         run_dir = train(cfg, data=data, resume=resume)
         typer.echo(str(run_dir))
 
@@ -44,9 +50,14 @@ def register(app: typer.Typer) -> None:
         fmt: str = typer.Option(
             "ours", "--format", help="ours | legacy-pt (also writes the seed card's .pt)."
         ),
+        checkpoint: str = typer.Option(
+            "last",
+            "--checkpoint",
+            help="last, a step kept by checkpoint.keep_every (e.g. 500), or init (the untrained encoder).",
+        ),
     ) -> None:
         """Export a run's encoder (projector dropped) with bands, norm stats, config, provenance and card."""
         from eo_jepa.train.publish import publish
 
-        result = publish(run_dir, out, repo_id=repo_id, private=private, fmt=fmt)
+        result = publish(run_dir, out, repo_id=repo_id, private=private, fmt=fmt, checkpoint=checkpoint)
         typer.echo(str(result))

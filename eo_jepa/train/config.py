@@ -128,7 +128,12 @@ class LossConfig(Config):
     num_slices: int = bounded(1024, ge=1)
     num_knots: int = bounded(17, ge=2)
     t_max: float = bounded(3.0, gt=0)
+    # null: lam as given. N: lam is meant at N samples per view (global batch) and is rescaled to this
+    # run's batch, since SIGReg grows with the batch and the prediction term does not (README)
+    lam_batch: int | None = bounded(None, ge=1)
     impl: Literal["fused", "reference"] = "fused"
+    # not in the paper: weight of SIGReg also on the backbone embedding of all views (0 = off)
+    embed_lam: float = bounded(0.0, ge=0)
     gram: GramConfig = field(default_factory=GramConfig)
 
 
@@ -162,7 +167,12 @@ class LogConfig(Config):
     section: ClassVar[str] = "log"
 
     every: int = bounded(10, ge=1)  # metrics.jsonl / TensorBoard every N optimiser steps
-    rank_every: int = bounded(50, ge=0)  # embedding effective rank (RankMe) every N steps; 0 = off
+    # probe-set health (RankMe, SIGReg, kNN: train/health.py) every N steps; 0 = off
+    rank_every: int = bounded(50, ge=0)
+    # held-out probe images (centre crops, cached) for the health figures
+    health_samples: int = bounded(1024, ge=1)
+    # warn once when the backbone rank falls below this share of step 0
+    health_warn_fraction: float = bounded(0.5, ge=0, le=1)
     tensorboard: bool = True
 
 
@@ -185,6 +195,8 @@ class TrainConfig(Config):
     max_steps: int | None = bounded(
         None, ge=1
     )  # stop after this many optimiser steps (overrides epochs when smaller)
+    # e.g. "30m", "2h": size the schedule to this wall-clock time (train/budget.py)
+    time_budget: str | None = text_field(None)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = bounded(None, ge=1)  # torch intra-op threads in the main process
     data: DataConfig = field(default_factory=DataConfig)
@@ -203,6 +215,10 @@ class TrainConfig(Config):
     def validate(self) -> None:
         if self.epochs < 1 and self.max_steps is None:
             raise ConfigError("epochs=0 needs max_steps: set epochs >= 1 or max_steps.")
+        if self.time_budget is not None:
+            from eo_jepa.train.budget import parse_duration
+
+            parse_duration(self.time_budget)  # a clear error now rather than after the data is opened
 
 
 def load_train_config(

@@ -62,6 +62,8 @@ class LeJEPAModel(nn.Module):
         self.gram_layer: int | None = None
         self.gram_locals = False
         self.patches: list[torch.Tensor] | None = None
+        self.keep_embeddings = False
+        self.embeddings: torch.Tensor | None = None
 
     def forward(
         self, globals_: torch.Tensor, locals_: torch.Tensor | None = None
@@ -84,6 +86,8 @@ class LeJEPAModel(nn.Module):
             patches = patches if patches_l is None else [patches_g, patches_l]
         else:
             emb_all = emb
+        # loss.embed_lam > 0: the objective also needs the embeddings of all views (with gradient)
+        self.embeddings = emb_all.reshape(-1, b, emb_all.shape[-1]) if self.keep_embeddings else None
         proj = self.projector(emb_all)
         # clones: FSDP warns about returning views (in-place ops on them would skip its hooks)
         proj_g = proj[: vg * b].reshape(vg, b, -1).clone()
@@ -172,14 +176,21 @@ def raw_unit_stats(encoder: Any) -> dict[str, dict[str, float]]:
 
 
 def make_loss(cfg: TrainConfig) -> nn.Module:
-    from eo_jepa.ssl import LeJEPALoss
+    from eo_jepa.ssl import LeJEPALoss, batch_scaled_lam, world_size
 
+    # loss.lam_batch: λ is the recipe's at that batch; SIGReg sees the global batch of every view
+    lam = batch_scaled_lam(cfg.loss.lam, cfg.loss.lam_batch, cfg.data.batch_size * world_size())
+    if lam != cfg.loss.lam:
+        log.info(
+            "loss.lam %g at batch %d is λ = %.4g at this run's batch.", cfg.loss.lam, cfg.loss.lam_batch, lam
+        )
     kwargs: dict[str, Any] = {
         "num_slices": cfg.loss.num_slices,
-        "lam": cfg.loss.lam,
+        "lam": lam,
         "impl": cfg.loss.impl,
         "num_knots": cfg.loss.num_knots,
         "t_max": cfg.loss.t_max,
+        "embed_lam": cfg.loss.embed_lam,
     }
     if "ddp_average" in inspect.signature(LeJEPALoss).parameters:
         kwargs["ddp_average"] = True
@@ -198,6 +209,7 @@ def build_model(cfg: TrainConfig, encoder: Any) -> LeJEPAModel:
     model = LeJEPAModel(encoder, projector)
     if cfg.loss.gram.weight > 0:
         model.gram_layer, model.gram_locals = cfg.loss.gram.layer, cfg.loss.gram.views == "all"
+    model.keep_embeddings = cfg.loss.embed_lam > 0
     return model
 
 
@@ -255,11 +267,16 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     # inline backend, a GUI) is left alone.
     from matplotlib.figure import Figure
 
+    from eo_jepa.train.health import health_rows, plot_health
+
     steps = [r["step"] for r in rows]
-    fig = Figure(figsize=(12, 3.2))
-    axes = fig.subplots(1, 3)
+    health = health_rows(run_dir)
+    fig = Figure(figsize=(16 if health else 12, 3.2))
+    axes = fig.subplots(1, 4 if health else 3)
+    if health:
+        plot_health(axes[3], health)
     for ax, key, title in zip(
-        axes, ("loss", "pred", "sigreg"), ("LeJEPA loss", "prediction", "SIGReg"), strict=True
+        axes[:3], ("loss", "pred", "sigreg"), ("LeJEPA loss", "prediction", "SIGReg"), strict=True
     ):
         ax.plot(steps, [r[key] for r in rows], lw=1.2)
         ax.set_title(title)
@@ -276,9 +293,10 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
     import yaml
     from tqdm.auto import tqdm
 
-    from eo_jepa.ssl import effective_rank
     from eo_jepa.ssl.gram import make_gram
+    from eo_jepa.train.budget import TimeBudget
     from eo_jepa.train.data import build_views, make_loader, open_source
+    from eo_jepa.train.health import TrainHealth
 
     env = D.setup(cfg.device, cfg.dist.backend)
     try:
@@ -304,6 +322,8 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                 )
         views = build_views(cfg.views, source, raw_unit_stats(encoder))
         model = build_model(cfg, encoder).to(env.device)
+        fsdp = env.distributed and cfg.dist.strategy == "fsdp"  # FSDP: no single-process forward
+        health = TrainHealth(cfg, source, data, encoder, enabled=env.is_main and not fsdp)
         loss_fn = make_loss(cfg).to(env.device)
         gram = make_gram(cfg, encoder, env)  # frozen teacher (before a resume loads the student)
         loader, sampler = make_loader(
@@ -379,6 +399,8 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                 },
             )
         metrics = _Metrics(run_dir, env.is_main, cfg.log.tensorboard, step)
+        health.start(model, run_dir, metrics.writer, step)
+        budget = TimeBudget.for_run(cfg, run_dir, step, env.device, env.is_main)
         log.info(
             "Training %s on %d samples (%d steps/epoch, %d steps, %d process(es), %s, %s).",
             cfg.model.arch,
@@ -436,8 +458,10 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                 )
                 with sync:
                     with autocast():
-                        emb, proj_g, proj_l = wrapped(glob, loc)
-                        out = loss_fn(proj_g.float(), None if proj_l is None else proj_l.float())
+                        _, proj_g, proj_l = wrapped(glob, loc)
+                        out = loss_fn(
+                            proj_g.float(), None if proj_l is None else proj_l.float(), model.embeddings
+                        )
                         out = out if gram is None else gram.add_to(out, (glob, loc), model.patches)
                     scaler.scale(out.loss / accum).backward()
                 # The step no longer needs the input views (backward has run): their buffer may be reused.
@@ -455,6 +479,8 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 step += 1
+                if budget is not None:  # train --time-budget: the schedule is sized to the time
+                    total, warmup = budget.after_step(step, total, warmup)
                 bar.update(1)
                 if step % cfg.log.every == 0 or step == total:
                     now = time.perf_counter()
@@ -468,15 +494,14 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                         "lr": lr,
                         "images_per_s": images_per_step * (step - step_last) / max(now - t_last, 1e-9),
                     }
-                    if cfg.log.rank_every and (step % cfg.log.rank_every == 0 or step == total):
-                        row["effective_rank"] = float(effective_rank(emb[0].detach().float()))
                     if not math.isfinite(row["loss"]):
                         raise DataError(
                             f"Loss became {row['loss']} at step {step}; lower optim.lr or enable optim.clip_grad."
                         )
+                    row.update(health.after_step(model, step, total))
                     metrics.log(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
-                    t_last, step_last = now, step
+                    t_last, step_last = time.perf_counter(), step  # health time not counted
                 if step % cfg.checkpoint.every == 0 or step == total:
                     checkpoint()
                     last_saved = step

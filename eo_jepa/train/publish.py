@@ -37,13 +37,71 @@ FORMATS = ("ours", "legacy-pt")
 LEGACY_NAME = "model.pt"
 
 
+INIT = "init"
+
+
+def resolve_checkpoint(run_dir: str | Path, which: str | int = "last") -> str:
+    """A ``--checkpoint`` value as a file name in ``checkpoints/`` (or ``"init"``).
+
+    ``last`` -> ``last.pt``; a step number ``N`` -> ``step_000000N.pt`` (kept by
+    ``checkpoint.keep_every``); ``init`` -> the encoder as training started (no file); a file name
+    is taken as it is. A missing step is a :class:`CheckpointError` listing the kept ones.
+    """
+    text = str(which).strip()
+    if text in ("last", LAST):
+        return LAST
+    if text == INIT:
+        return INIT
+    name = f"step_{int(text):07d}.pt" if text.isdigit() else text
+    if not (Path(run_dir) / CHECKPOINT_DIR / name).is_file():
+        kept = sorted(p.name for p in (Path(run_dir) / CHECKPOINT_DIR).glob("step_*.pt"))
+        raise CheckpointError(
+            f"{str(run_dir)!r} has no {CHECKPOINT_DIR}/{name}; --checkpoint takes last, init or a kept step "
+            f"({', '.join(p[5:-3].lstrip('0') or '0' for p in kept) or 'none kept: set checkpoint.keep_every'})."
+        )
+    return name
+
+
+def _initial_encoder(run: Path) -> tuple[Any, TrainConfig, dict[str, Any], dict]:
+    """The encoder exactly as the run's training started: same seed and construction as the trainer."""
+    import torch
+
+    from eo_jepa.config import to_dict
+    from eo_jepa.models import build_encoder
+    from eo_jepa.train.config import load_train_config
+
+    if not (run / "config.yaml").is_file() or not (run / "data.json").is_file():
+        raise CheckpointError(
+            f"{str(run)!r} has no config.yaml/data.json; pass the folder of a training run (runs/<name>)."
+        )
+    cfg = load_train_config(run / "config.yaml")
+    data = json.loads((run / "data.json").read_text())
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(cfg.seed)  # the trainer seeds just before building the encoder
+        encoder = build_encoder(
+            cfg.model.arch,
+            data["bands"],
+            img_size=cfg.model.img_size,
+            pretrained=cfg.model.init,
+            norm_stats=data["model_norm_stats"],
+            input_scale=data.get("model_input_scale", 1.0),
+            sensor=data.get("sensor"),
+        )
+    return encoder.eval(), cfg, data, {"step": 0, "epoch": 0, "config": to_dict(cfg)}
+
+
 def load_run_encoder(
     run_dir: str | Path, checkpoint: str = LAST
 ) -> tuple[Any, TrainConfig, dict[str, Any], dict]:
-    """(encoder with the run's weights, config, data.json, training state) of a run folder."""
+    """(encoder with the run's weights, config, data.json, training state) of a run folder.
+
+    ``checkpoint``: a file in ``checkpoints/`` or ``"init"`` (see :func:`resolve_checkpoint`).
+    """
     from eo_jepa.models import build_encoder
 
     run = Path(run_dir)
+    if checkpoint == INIT:
+        return _initial_encoder(run)
     ckpt = run / CHECKPOINT_DIR / checkpoint
     if not ckpt.is_file():
         raise CheckpointError(
@@ -101,15 +159,21 @@ def publish(
     private: bool = False,
     fmt: str = "ours",
     token: str | None = None,
+    checkpoint: str | int = "last",
 ) -> Path:
-    """Export the run's encoder to ``out`` (and upload it to ``repo_id``); returns ``out``."""
+    """Export the run's encoder to ``out`` (and upload it to ``repo_id``); returns ``out``.
+
+    ``checkpoint``: ``last`` (default), a kept step number, or ``init`` (the untrained encoder the
+    run started from, e.g. as a baseline), see :func:`resolve_checkpoint`.
+    """
 
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
     if repo_id is not None:
         _check_repo_id(repo_id)  # before any work, not after the folder is written
     run = Path(run_dir)
-    encoder, cfg, data, state = load_run_encoder(run)
+    which = resolve_checkpoint(run, checkpoint)
+    encoder, cfg, data, state = load_run_encoder(run, which)
     final = Path(out)
     _check_out(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +181,7 @@ def publish(
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     try:
-        _write_model_folder(run, out, encoder, cfg, data, state, fmt)
+        _write_model_folder(run, out, encoder, cfg, data, state, fmt, which)
         _move_into_place(out, final)
     except BaseException as exc:
         shutil.rmtree(out, ignore_errors=True)
@@ -152,7 +216,14 @@ def _move_into_place(staged: Path, final: Path) -> None:
 
 
 def _write_model_folder(
-    run: Path, out: Path, encoder: Any, cfg: TrainConfig, data: dict[str, Any], state: dict, fmt: str
+    run: Path,
+    out: Path,
+    encoder: Any,
+    cfg: TrainConfig,
+    data: dict[str, Any],
+    state: dict,
+    fmt: str,
+    which: str,
 ) -> None:
     from eo_jepa.models import save_encoder, save_legacy_pt
 
@@ -162,7 +233,7 @@ def _write_model_folder(
     has_curve = curve.is_file()
     if has_curve:
         shutil.copyfile(curve, out / LOSS_CURVE)
-    metrics = _final_metrics(run)
+    metrics = _final_metrics(run) if which == LAST else {}  # the run's last figures describe last.pt
     steps = int(state["step"])
     recipe = (
         f"LeJEPA (Balestriero & LeCun 2025): (1 − λ)·prediction + λ·SIGReg with λ={cfg.loss.lam}, "
@@ -193,6 +264,7 @@ def _write_model_folder(
             "steps": steps,
             "epoch": int(state["epoch"]),
             "source": cfg.model.init,
+            "checkpoint": which,
         },
         card_extra={
             "title": f"{cfg.name}: LeJEPA {encoder.arch} ({', '.join(encoder.bands)})",
