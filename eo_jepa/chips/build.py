@@ -213,10 +213,10 @@ def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, An
         entries.append({**loc.to_dict(), "candidates": cands[: cfg.max_candidates]})
     used = sorted({c for e in entries for c in e["candidates"]})
     for item_id in used:  # say when a fallback decided a scene's offset (recorded per chip as well)
-        offset, source = cfg.sensor_info.offset_for(items[item_id], cfg.harmonize)
-        if source in ("s2:product_uri", "item id", "acquisition date"):
+        offset, decided_by = cfg.sensor_info.offset_for(items[item_id], cfg.harmonize)
+        if decided_by in ("s2:product_uri", "item id", "acquisition date"):
             log.info(
-                "item %s has no s2:processing_baseline: offset %d decided by its %s", item_id, offset, source
+                "item %s has no s2:processing_baseline: offset %d decided by its %s", item_id, offset, decided_by
             )
     return {
         "format": 1,
