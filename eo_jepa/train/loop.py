@@ -310,6 +310,8 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                 f"Run folder {str(run_dir)!r} already has a checkpoint; pass --resume to continue it "
                 "or choose another name=..."
             )
+        # A resume is verified (digests, config) before any set-up: a refusal is then all it prints.
+        state = resume_state(ckpt_path.parent, to_dict(cfg), map_location=env.device) if resume else None
         torch.manual_seed(cfg.seed)
         source = open_source(cfg.data, data)
         encoder = build_encoder_for(cfg, source)
@@ -365,8 +367,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
         scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
 
         step, epoch, batch_pos = 0, 0, 0
-        if resume:
-            state = resume_state(ckpt_path.parent, to_dict(cfg), map_location=env.device)
+        if state is not None:
             _load_model_state(wrapped, model, state["model"], cfg.dist.strategy)
             _load_optim_state(wrapped, model, optimizer, state["optimizer"], cfg.dist.strategy)
             scheduler.load_state_dict(state["scheduler"])
