@@ -30,7 +30,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from eo_jepa.utils.proc import die_with_parent
+from eo_jepa.utils.proc import die_with_parent, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,6 @@ _INSTALL_HINT = "install PostgreSQL 15 + PostGIS 3 (`bash .ci/system-deps`, Debi
 # --------------------------------------------------------------------------------------------------
 # HTTP with Range requests
 # --------------------------------------------------------------------------------------------------
-
-
-_die_with_parent = die_with_parent  # preexec_fn of the server processes
 
 
 def _range_handler(root: str) -> Any:
@@ -80,30 +77,10 @@ def range_http_server(
     if not root.is_dir():
         raise FileNotFoundError(f"Cannot serve {root}: it is not a folder.")
     code = "import sys; from eo_jepa.demo.servers import _serve_range_forever as s; s(sys.argv[1], sys.argv[2], int(sys.argv[3]))"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, os.fspath(root), host, str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        preexec_fn=_die_with_parent,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if not line.isdigit():
-            raise RuntimeError(
-                f"The range HTTP server for {root} failed to start (exit status {proc.poll()})."
-            )
-        yield f"http://{host}:{int(line)}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    with _server_process(
+        [sys.executable, "-c", code, os.fspath(root), host, str(port)], f"range HTTP server for {root}"
+    ) as bound:
+        yield f"http://{host}:{bound}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,7 +179,7 @@ def fault_http_server(fault: str, *, host: str = "127.0.0.1", **options: Any) ->
 def _server_process(cmd: list[str], what: str) -> Iterator[int]:
     """Run a server process that prints its bound port first; yields the port, then stops it."""
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=_die_with_parent
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=die_with_parent
     )
     try:
         assert proc.stdout is not None
@@ -278,16 +255,6 @@ def _has_postgis(bindir: Path) -> bool:
 _CLUSTER_PREFIX = "eo-jepa-pgstac-"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_clusters(bindir: Path, as_root: bool) -> None:
     """Stop and delete clusters left behind by processes that were killed before they could clean up."""
     for folder in Path("/tmp").glob(_CLUSTER_PREFIX + "*"):
@@ -295,7 +262,7 @@ def _remove_stale_clusters(bindir: Path, as_root: bool) -> None:
             owner = int((folder / "owner.pid").read_text())
         except (OSError, ValueError):
             continue
-        if _pid_alive(owner):
+        if pid_alive(owner):
             continue
         if (folder / "data" / "postmaster.pid").exists():
             cmd = [os.fspath(bindir / "pg_ctl"), "-D", os.fspath(folder / "data"), "-m", "immediate", "stop"]
@@ -451,7 +418,7 @@ def stac_api_server(
         api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app", "--factory",
              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=cluster.dir, preexec_fn=_die_with_parent,
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=cluster.dir, preexec_fn=die_with_parent,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + startup_timeout

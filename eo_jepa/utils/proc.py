@@ -32,20 +32,21 @@ def pool_worker_init(parent_pid: int) -> None:
     the main process dying (even by SIGKILL) while the fork server lingers.
     """
     die_with_parent(signal.SIGKILL)
-    if not _alive(parent_pid):
+    if not pid_alive(parent_pid):
         os._exit(1)
     import threading
     import time
 
     def watch() -> None:  # the fork server may outlive the main process: watch the main one itself
-        while _alive(parent_pid):
+        while pid_alive(parent_pid):
             time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="eo-jepa-parent-watch", daemon=True).start()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user's counts too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
