@@ -40,7 +40,10 @@ def _args(store: Path, out: Path, name: str, per_rank: int, *extra: str) -> list
 
 
 def _single(store: Path, out: Path, name: str, *extra: str, resume: bool = False) -> None:
-    cmd = [sys.executable, "-m", "eo_jepa", *_args(store, out, name, GLOBAL_BATCH, *extra)]
+    _run_ok([sys.executable, "-m", "eo_jepa", *_args(store, out, name, GLOBAL_BATCH, *extra)], resume)
+
+
+def _run_ok(cmd: list[str], resume: bool) -> None:
     proc = subprocess.run(
         [*cmd, *(["--resume"] if resume else [])],
         env=_cluster_env(),
@@ -57,14 +60,7 @@ def _torchrun(store: Path, out: Path, name: str, *extra: str, resume: bool = Fal
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
         "--master-port", str(_free_port()), "-m", "eo_jepa", *_args(store, out, name, GLOBAL_BATCH // nproc, *extra),
     ]  # fmt: skip
-    proc = subprocess.run(
-        [*cmd, *(["--resume"] if resume else [])],
-        env=_cluster_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_ok(cmd, resume)
 
 
 def _two_nodes(store: Path, out: Path, name: str, *extra: str, restarts: int = 0) -> list[subprocess.Popen]:
