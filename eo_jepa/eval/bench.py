@@ -58,6 +58,7 @@ class BenchConfig:
     bf16: bool = False
     workers: int = 0
     linear_epochs: int = 100
+    norm: str | None = None  # for the models given as foreign checkpoint files (see resolve_model)
 
     def __post_init__(self) -> None:
         bad = [p for p in self.probes if p not in PROBES]
@@ -88,10 +89,12 @@ class Row:
 
 
 # ------------------------------------------------------------------------------------ models
-def resolve_model(spec: str, *, device: str | None = None) -> Any:
+def resolve_model(spec: str, *, device: str | None = None, norm: str | None = None) -> Any:
     """An encoder for ``spec``: a registry name, a local folder or file, ``hf://...``, ``timm:NAME``
     (timm pretrained weights from the local Hugging Face cache, ImageNet-style RGB input) or
-    ``random:ARCH`` (an untrained eo-jepa architecture on RGB, the floor)."""
+    ``random:ARCH`` (an untrained eo-jepa architecture on RGB, the floor). ``norm`` describes the
+    foreign checkpoint *files* among the models (``eo_jepa.load(..., norm=)``); names, folders and
+    the other kinds carry their own."""
     import eo_jepa
 
     if spec.startswith("random:"):
@@ -107,7 +110,7 @@ def resolve_model(spec: str, *, device: str | None = None) -> Any:
         ).eval()  # fmt: skip
     if spec.startswith("timm:"):
         return timm_encoder(spec.split(":", 1)[1])
-    return eo_jepa.load(spec, device=device)
+    return eo_jepa.load(spec, device=device, norm=norm if Path(spec).is_file() else None)
 
 
 def timm_encoder(name: str) -> Any:
@@ -277,7 +280,7 @@ def run_bench(cfg: BenchConfig) -> list[Row]:
     for model, name in tqdm(pairs, desc="bench (model x dataset)", disable=progress_disabled()):
         if model not in loaded:
             loaded.clear()  # one model in memory at a time
-            encoder = resolve_model(model, device=cfg.device)
+            encoder = resolve_model(model, device=cfg.device, norm=cfg.norm)
             loaded[model] = (encoder, model_digest(encoder))
         encoder, digest = loaded[model]
         ds = datasets[name]

@@ -21,6 +21,12 @@ DATA = typer.Option(
 )
 BATCH = typer.Option(64, "--batch-size", help="Images per inference batch.")
 DEVICE = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu).")
+NORM = typer.Option(
+    None,
+    "--norm",
+    help="How a foreign checkpoint file that carries no normalisation (Meta DINOv3 / Core-JEPA .pth, "
+    "timm state dict) expects its RGB input: sat493m or imagenet. Not for registered names or eo-jepa folders.",
+)
 BF16 = typer.Option(False, "--bf16", help="bfloat16 autocast for inference.")
 SEEDS = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (few-shot draws and linear-probe init).")
 SHOTS = typer.Option("all,1,10", "--shots", help="Comma-separated: 'all' and/or samples per class.")
@@ -73,10 +79,10 @@ def _shots(text: str) -> list[int | None]:
     return out
 
 
-def _load(model: str, device: str | None) -> Any:
+def _load(model: str, device: str | None, norm: str | None = None) -> Any:
     import eo_jepa
 
-    return eo_jepa.load(model, device=device)
+    return eo_jepa.load(model, device=device, norm=norm)
 
 
 def _probe(
@@ -94,7 +100,7 @@ def _probe(
         test_fraction=opts["test_fraction"],
         use_store_splits=not opts["resplit"],
     )
-    encoder = _load(model, opts["device"])
+    encoder = _load(model, opts["device"], opts["norm"])
     results = evaluate(
         encoder,
         labelled,
@@ -139,6 +145,7 @@ _PROBE_OPTIONS = (
     "bands",
     "batch_size",
     "device",
+    "norm",
     "bf16",
     "resize",
     "workers",
@@ -174,6 +181,7 @@ def knn_cmd(
     bands: str = BANDS,
     batch_size: int = BATCH,
     device: str = DEVICE,
+    norm: str = NORM,
     bf16: bool = BF16,
     resize: bool = RESIZE,
     workers: int = WORKERS,
@@ -201,6 +209,7 @@ def linear_cmd(
     bands: str = BANDS,
     batch_size: int = BATCH,
     device: str = DEVICE,
+    norm: str = NORM,
     bf16: bool = BF16,
     resize: bool = RESIZE,
     workers: int = WORKERS,
@@ -230,6 +239,7 @@ def health_cmd(
     bands: str = BANDS,
     batch_size: int = BATCH,
     device: str = DEVICE,
+    norm: str = NORM,
     bf16: bool = BF16,
     workers: int = WORKERS,
     out: Path = OUT_JSON,
@@ -247,7 +257,7 @@ def health_cmd(
     dataset = open_unlabelled(data, bands=bands.split(",") if bands else None)
     n = len(dataset)
     indices = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)) if n else []
-    encoder = _load(model, device)
+    encoder = _load(model, device, norm)
     feats = extract_features(
         encoder,
         dataset,
@@ -278,6 +288,7 @@ def dense_cmd(
     bands: str = BANDS,
     batch_size: int = typer.Option(16, "--batch-size", help="Windows per batch."),
     device: str = DEVICE,
+    norm: str = NORM,
     bf16: bool = BF16,
     out: Path = OUT_JSON,
 ) -> None:
@@ -287,7 +298,7 @@ def dense_cmd(
 
     folder = SegmentationFolder(data, bands=bands.split(",") if bands else None)
     split = split_folder(folder, test_fraction=test_fraction, seed=split_seed)
-    encoder = _load(model, device)
+    encoder = _load(model, device, norm)
     res = dense_probe(
         encoder, [folder[int(i)] for i in split["train"]], [folder[int(i)] for i in split["test"]],
         ignore_index=None if ignore_index < 0 else ignore_index, class_names=folder.class_names,
@@ -324,6 +335,7 @@ def bench_cmd(
     epochs: int = typer.Option(100, "--epochs", help="Linear-probe epochs."),
     batch_size: int = BATCH,
     device: str = DEVICE,
+    norm: str = NORM,
     bf16: bool = BF16,
     workers: int = WORKERS,
 ) -> None:
@@ -333,7 +345,7 @@ def bench_cmd(
     cfg = BenchConfig(
         root=root, models=list(model), out=out, suite=suite, cache=cache, seeds=tuple(_ints(seeds, "--seeds")),
         probes=tuple(p.strip() for p in probes.split(",") if p.strip()), shots=shots, size=size,
-        batch_size=batch_size, device=device, bf16=bf16, workers=workers, linear_epochs=epochs,
+        batch_size=batch_size, device=device, bf16=bf16, workers=workers, linear_epochs=epochs, norm=norm,
     )  # fmt: skip
     rows = run_bench(cfg)
     typer.echo(markdown_table(rows))
@@ -349,6 +361,7 @@ def embed_cmd(
     ),
     batch_size: int = BATCH,
     device: str = DEVICE,
+    norm: str = NORM,
     bf16: bool = BF16,
     workers: int = WORKERS,
 ) -> None:
@@ -357,7 +370,7 @@ def embed_cmd(
 
     if kind not in ("global", "probe"):
         raise ConfigError(f"--features must be 'global' or 'probe', got {kind!r}.")
-    encoder = _load(model, device)
+    encoder = _load(model, device, norm)
     path = embed_chips(
         encoder,
         data,
@@ -389,12 +402,13 @@ def pca_cmd(
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Windows per batch."),
     device: str = DEVICE,
+    norm: str = NORM,
     bf16: bool = BF16,
 ) -> None:
     """PCA→RGB of the dense feature map; on rasters also a georeferenced GeoTIFF on the patch grid."""
     from eo_jepa.eval.pca import viz_pca
 
-    encoder = _load(model, device)
+    encoder = _load(model, device, norm)
     res = viz_pca(
         encoder,
         input,
@@ -422,12 +436,13 @@ def change_cmd(
     stride: int = typer.Option(None, "--stride", help="Window step in px."),
     batch_size: int = typer.Option(16, "--batch-size", help="Windows per batch."),
     device: str = DEVICE,
+    norm: str = NORM,
     bf16: bool = BF16,
 ) -> None:
     """Per-patch cosine distance between the features of two dates: GeoTIFF + PNG preview."""
     from eo_jepa.eval.change import change_map
 
-    encoder = _load(model, device)
+    encoder = _load(model, device, norm)
     res = change_map(
         encoder,
         before,
