@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -33,6 +34,12 @@ def _isolated_hf_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    # huggingface_hub reads these once, at import: after the first test imported it, callers that
+    # pass no cache_dir (timm's pretrained loader) would all share the first test's cache.
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        monkeypatch.setattr(constants, "HF_HOME", str(home))
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
 
 
 # ---- Demo scenes and real loopback servers (eo_jepa.demo), generated once per test session ----

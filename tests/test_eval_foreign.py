@@ -85,3 +85,49 @@ def test_eval_bench_applies_norm_to_file_models_only(meta_pth, tmp_path, capsys)
     rows = rows["rows"] if isinstance(rows, dict) else rows
     models = {r["model"] for r in rows}
     assert str(meta_pth) in models and "random:vit_tiny_patch8" in models, models
+
+
+def _timm_weights_in_hub_cache(tmp_path) -> dict[str, torch.Tensor]:
+    """A vit_tiny_patch16_224 checkpoint where timm's pretrained loader looks for it offline: the
+    Hugging Face cache layout of its default tag's repo (timm/<name>.<tag>, model.safetensors)."""
+    import os
+    from pathlib import Path
+
+    import timm
+    from models_fakes import put_in_hf_cache, randomize_
+    from safetensors.torch import save_file
+
+    model = randomize_(timm.create_model("vit_tiny_patch16_224", pretrained=False), seed=7)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    src = tmp_path / "model.safetensors"
+    save_file(state, str(src))
+    repo = model.pretrained_cfg["hf_hub_id"]
+    put_in_hf_cache(Path(os.environ["HF_HUB_CACHE"]), repo, "model.safetensors", src)
+    return state
+
+
+def test_timm_baseline_loads_its_pretrained_weights_from_the_hub_cache(tmp_path, capsys):
+    from eo_jepa.eval.bench import resolve_model
+
+    state = _timm_weights_in_hub_cache(tmp_path)
+    enc = resolve_model("timm:vit_tiny_patch16_224")
+    got = enc.backbone.state_dict() if hasattr(enc, "backbone") else enc.model.state_dict()
+    assert torch.equal(got["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.weight"])
+    assert [enc.norm_stats[b]["mean"] for b in enc.bands] == pytest.approx([0.5, 0.5, 0.5])
+    root = write_synthetic_layouts(tmp_path / "data", ["rsscn7"], classes=2, per_class=3, size=32)
+    code, _, err = _run(
+        capsys, "eval", "bench", "--root", root, "--suite", "rsscn7", "--model", "timm:vit_tiny_patch16_224",
+        "--probes", "knn", "--seeds", "0", "--size", "32", "--out", tmp_path / "bench",
+    )  # fmt: skip
+    assert code == 0, err
+
+
+def test_timm_baseline_without_cached_weights_is_one_sentence(capsys, tmp_path):
+    root = write_synthetic_layouts(tmp_path / "data", ["rsscn7"], classes=2, per_class=3, size=32)
+    code, _, err = _run(
+        capsys, "eval", "bench", "--root", root, "--suite", "rsscn7", "--model", "timm:vit_tiny_patch16_224",
+        "--probes", "knn", "--seeds", "0", "--out", tmp_path / "bench",
+    )  # fmt: skip
+    last = err.strip().splitlines()[-1]  # after the dataset's "not comparable to published figures" note
+    assert code == 2 and "Traceback" not in err and last.startswith("eo-jepa: error: "), err
+    assert "vit_tiny_patch16_224" in last and "Hugging Face cache" in last

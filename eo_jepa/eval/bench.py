@@ -121,7 +121,10 @@ def timm_encoder(name: str) -> Any:
     from eo_jepa.models.encoder import Encoder
 
     try:
-        model = timm.create_model(name, pretrained=True, num_classes=0)
+        try:  # ViTs take any multiple of their patch size (bench --size, native dataset sizes)
+            model = timm.create_model(name, pretrained=True, num_classes=0, dynamic_img_size=True)
+        except TypeError:  # architectures without the option (CNNs) take any size already
+            model = timm.create_model(name, pretrained=True, num_classes=0)
     except Exception as exc:  # timm raises RuntimeError/OSError/HF errors for unknown or uncached weights
         raise ConfigError(
             f"timm model {name!r} could not be created with pretrained weights ({type(exc).__name__}); check the "
