@@ -44,44 +44,16 @@ import torch
 
 def read_tile_windows(state: dict[str, Any], size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per tile: (pixels (C, S, S) float32, valid (S, S) bool, truth (S, S) uint8) of the centre
-    ``size`` px of its least cloudy acquisition, read by the chip builder's reader."""
-    import rasterio
-    from rasterio.windows import from_bounds
-    from shapely.geometry import box
-
-    from eo_jepa.chips.grid import Location
-    from eo_jepa.chips.read import SourceCache, gdal_env, read_chip
-    from eo_jepa.demo.quickstart import demo_chip_config, get_preset
-    from eo_jepa.stac import load_static_items
+    ``size`` px of its least cloudy acquisition, read by the chip builder's reader (the quickstart's
+    :func:`~eo_jepa.demo.quickstart.read_demo_scene`)."""
+    from eo_jepa.demo.quickstart import get_preset, read_demo_scene
 
     scenes = state["steps"]["scenes"]["outputs"]
-    items = sorted(load_static_items(scenes["items"]), key=lambda it: (it.cloud_cover or 0.0, it.id))
-    cfg = demo_chip_config(get_preset(state["size"]))
+    preset = get_preset(state["size"])
     out = []
     for tile in scenes["tiles"]:
-        item = next(it for it in items if f"_T{tile}_" in it.id)
-        asset = item.assets["B04"]
-        a, _, c, _, e, f = asset.transform[:6]
-        rows, cols = asset.shape
-        s = min(size, rows, cols)
-        x0, y0 = c + a * ((cols - s) // 2), f + e * ((rows - s) // 2)
-        span = 10.0 * s
-        loc = Location(
-            location_id=f"probe-{tile}", aoi_id=f"probe-{tile}", split="test", label=None,
-            start="2000-01-01", end="2100-01-01", epsg=int(item.epsg or asset.epsg),
-            x0=float(x0), y0=float(y0), gsd=10.0, size=int(s), footprint=box(x0, y0 - span, x0 + span, y0),
-        )  # fmt: skip
-        cache = SourceCache()
-        try:
-            with gdal_env():
-                chip = read_chip(item, loc, cfg, cache)
-        finally:
-            cache.close()
-        with rasterio.open(Path(scenes["root"]) / "landcover" / f"{tile}.tif") as src:
-            truth = src.read(
-                1, window=from_bounds(x0, y0 - span, x0 + span, y0, src.transform), out_shape=(s, s)
-            )
-        out.append((chip.pixels.astype(np.float32), chip.valid.astype(bool), truth))
+        scene = read_demo_scene(scenes["items"], scenes["root"], preset, size, tile=tile)
+        out.append((scene.pixels, np.asarray(scene.valid, bool), scene.truth))
     return out
 
 

@@ -608,9 +608,10 @@ class DemoScene:
 
 
 def read_demo_scene(
-    items_path: str | Path, scenes_root: str | Path, preset: Preset, size: int = 256
+    items_path: str | Path, scenes_root: str | Path, preset: Preset, size: int = 256, tile: str | None = None
 ) -> DemoScene:
-    """The centre ``size`` x ``size`` pixels of the least cloudy demo acquisition, for pictures.
+    """The centre ``size`` x ``size`` pixels of the least cloudy demo acquisition (of one MGRS ``tile``,
+    e.g. ``"31UFT"``, when given), for pictures and dense probes.
 
     Read by :func:`eo_jepa.chips.read.read_chip` (the chip builder's reader), so the values are
     exactly what chips hold: harmonised reflectance x 10000, SCL-masked.
@@ -626,7 +627,7 @@ def read_demo_scene(
     from eo_jepa.stac import load_static_items
 
     items = sorted(load_static_items(items_path), key=lambda it: (it.cloud_cover or 0.0, it.id))
-    item = items[0]
+    item = next(it for it in items if tile is None or f"_T{tile}_" in it.id)
     asset = item.assets["B04"]
     a, _, c, _, e, f = asset.transform[:6]
     rows, cols = asset.shape
