@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +53,34 @@ sys.path.insert(0, str(ROOT / "tests"))  # the generated chip store used by the 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _clock(device: torch.device):
+    """GPU: wall clock; CPU: process CPU time, which other processes sharing the machine barely move."""
+    return time.perf_counter if device.type == "cuda" else time.process_time
+
+
+def _time_interleaved(
+    fns: dict[str, Any], repeats: int, device: torch.device, model: torch.nn.Module
+) -> dict[str, list[float]]:
+    """Each variant warmed up once, then timed ``repeats`` times, interleaved in a rotating order so
+    the machine's drifts hit every variant alike (for two variants: alternating order)."""
+    clock = _clock(device)
+    for f in fns.values():  # warm-up
+        f()
+        model.zero_grad(set_to_none=True)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns)
+    for i in range(repeats):
+        k = i % len(order)
+        for name in order[k:] + order[:k]:
+            _sync(device)
+            t = clock()
+            fns[name]()
+            _sync(device)
+            times[name].append(clock() - t)
+            model.zero_grad(set_to_none=True)
+    return times
 
 
 def bench_step(device: torch.device, batch: int, repeats: int, slices: int) -> dict[str, float]:
@@ -98,21 +127,8 @@ def bench_step(device: torch.device, batch: int, repeats: int, slices: int) -> d
             )
         out.loss.backward()
 
-    times: dict[str, list[float]] = {"encoder": [], "lejepa": []}
-    fns = {"encoder": encoder_only, "lejepa": lejepa}
-    for name in fns:  # warm-up
-        fns[name]()
-        model.zero_grad(set_to_none=True)
-    # GPU: wall clock; CPU: process CPU time, which other processes sharing the machine barely move.
-    clock = time.perf_counter if device.type == "cuda" else time.process_time
-    for i in range(repeats):  # interleaved, in alternating order, so drifts hit both alike
-        for name in list(fns) if i % 2 == 0 else list(fns)[::-1]:
-            _sync(device)
-            t = clock()
-            fns[name]()
-            _sync(device)
-            times[name].append(clock() - t)
-            model.zero_grad(set_to_none=True)
+    times = _time_interleaved({"encoder": encoder_only, "lejepa": lejepa}, repeats, device, model)
+    clock = _clock(device)
     t_enc = min(times["encoder"])
     t_lej = min(times["lejepa"])
     objective_only()  # warm-up
@@ -196,7 +212,6 @@ def bench_gram(
     glob = torch.randn(2, batch, len(bands), size, size, device=device)
     loc = torch.randn(6, batch, len(bands), local, local, device=device)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    clock = time.perf_counter if device.type == "cuda" else time.process_time
     with torch.no_grad():
         _, patches0 = encode(enc, glob.flatten(0, 1), -1)
     patches0 = patches0.detach()
@@ -216,19 +231,7 @@ def bench_gram(
         term.backward()
 
     fns = {"lejepa": lambda: step(False), "lejepa_gram": lambda: step(True), "gram_alone": gram_alone}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for f in fns.values():  # warm-up
-        f()
-        model.zero_grad(set_to_none=True)
-    for i in range(repeats):  # interleaved, rotating the order, so drifts hit every variant alike
-        names = list(fns)[i % 3 :] + list(fns)[: i % 3]
-        for name in names:
-            _sync(device)
-            t = clock()
-            fns[name]()
-            _sync(device)
-            times[name].append(clock() - t)
-            model.zero_grad(set_to_none=True)
+    times = _time_interleaved(fns, repeats, device, model)
     best = {k: min(v) for k, v in times.items()}
     spec = __import__("eo_jepa.models.vit", fromlist=["get_arch"]).get_arch(arch)
     shares = [
