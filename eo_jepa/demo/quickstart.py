@@ -363,7 +363,7 @@ def train_config(preset: Preset, out: Path) -> Any:
             "proj_out": 64,
             "proj_layers": 2,
         },
-        "loss": {"lam": 0.05, "num_slices": 256},
+        "loss": {"lam": 0.05, "lam_batch": 256, "num_slices": 256},
         "optim": {"lr": preset.lr, "warmup_steps": max(1, preset.steps // 10), "precision": "fp32"},
         "log": {"every": 1, "rank_every": 10, "tensorboard": True},
         "checkpoint": {"every": 25},
