@@ -20,6 +20,7 @@ import pytest
 from test_chips_build import DEMO_CONFIG, assert_same_store
 
 from eo_jepa.chips import build_chips
+from eo_jepa.utils.proc import stop_process
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,16 +42,6 @@ def _env() -> dict[str, str]:
 
 def _with_umask() -> None:
     os.umask(UMASK)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
 
 
 @contextlib.contextmanager
@@ -113,7 +104,7 @@ def dask_cluster(folder: Path, n_workers: int = 2) -> Iterator[Cluster]:
         yield Cluster(address, sched, workers)
     finally:
         for proc in [*workers, sched]:
-            _stop(proc)
+            stop_process(proc, timeout=20)
         for log in logs:
             log.close()
 

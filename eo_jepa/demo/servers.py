@@ -30,7 +30,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from eo_jepa.utils.proc import die_with_parent, pid_alive
+from eo_jepa.utils.proc import die_with_parent, pid_alive, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +188,7 @@ def _server_process(cmd: list[str], what: str) -> Iterator[int]:
             raise RuntimeError(f"The {what} failed to start (exit status {proc.poll()}).")
         yield int(line)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
         if proc.stdout is not None:
             proc.stdout.close()
 
@@ -435,13 +430,8 @@ def stac_api_server(
         log.info("STAC API on %s (%d items) ready in %.1f s", url, len(item_list), time.perf_counter() - t0)
         yield url
     finally:
-        if api is not None and api.poll() is None:
-            api.terminate()
-            try:
-                api.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                api.kill()
-                api.wait(timeout=10)
+        if api is not None:
+            stop_process(api)
         if log_file is not None:
             log_file.close()
         cluster.stop()
