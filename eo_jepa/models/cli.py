@@ -1,8 +1,12 @@
-"""``eo-jepa models ...`` commands: what :func:`eo_jepa.load` knows."""
+"""``eo-jepa models ...`` commands: what :func:`eo_jepa.load` knows.
+
+The registry is imported inside each command (it imports torch), so ``eo-jepa --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -33,18 +37,15 @@ def info_cmd(
 ) -> None:
     """Everything the registry records about NAME (or what a checkpoint file is and the call that loads it);
     with --load, the loaded encoder's bands and stats."""
-    from pathlib import Path
+    from eo_jepa.models.checkpoint import encoder_config
+    from eo_jepa.models.registry import file_info, is_registered, spec_dict
+    from eo_jepa.models.registry import load as load_model
 
-    from eo_jepa.models.registry import _REGISTRY, file_info, spec_dict
-
-    if name not in _REGISTRY and Path(name).expanduser().exists():
+    if not is_registered(name) and Path(name).expanduser().exists():
         typer.echo(json.dumps(file_info(name), indent=2, default=str))
         return
     info = spec_dict(name)
     if load:
-        from eo_jepa.models.checkpoint import encoder_config
-        from eo_jepa.models.registry import load as load_model
-
         info["loaded"] = encoder_config(load_model(name))
     typer.echo(json.dumps(info, indent=2, default=str))
 

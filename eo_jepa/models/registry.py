@@ -17,6 +17,27 @@ from pathlib import Path
 from typing import Any
 
 from eo_jepa.errors import CheckpointError, ConfigError, ModelNotFoundError, did_you_mean
+from eo_jepa.models.checkpoint import (
+    CARD_NAME,
+    CONFIG_NAME,
+    FORMAT,
+    WEIGHTS_NAME,
+    encoder_config,
+    load_encoder,
+    read_json,
+)
+from eo_jepa.models.convert import (
+    CONVERTERS,
+    encoder_from_state,
+    infer_timm_arch,
+    read_state_file,
+    sniff,
+    unwrap_state,
+)
+from eo_jepa.models.dinov3 import CORE_JEPA_PREFIX, infer_arch, strip_prefix
+from eo_jepa.models.encoder import Encoder
+from eo_jepa.models.vit import ARCHS, get_arch
+from eo_jepa.utils.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +179,6 @@ _REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in BUILTIN}
 
 def register_model(spec: ModelSpec | None = None, *, overwrite: bool = False, **kwargs: Any) -> ModelSpec:
     """Add a named model: ``register_model(ModelSpec(...))`` or ``register_model(name=..., repo_id=..., ...)``."""
-    from eo_jepa.models.convert import CONVERTERS
-    from eo_jepa.models.vit import get_arch
-
     if spec is None:
         kwargs["bands"] = tuple(kwargs.get("bands") or ())
         spec = ModelSpec(**kwargs)
@@ -184,6 +202,11 @@ def register_model(spec: ModelSpec | None = None, *, overwrite: bool = False, **
 
 def unregister_model(name: str) -> None:
     _REGISTRY.pop(name, None)
+
+
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is a registered model name (built-in or added with :func:`register_model`)."""
+    return name in _REGISTRY
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -338,8 +361,6 @@ def _fetch_ours(
     repo_id: str, repo_type: str, revision: str | None, cache_dir: str | os.PathLike[str] | None, what: str
 ) -> Path:
     """Download an eo-jepa checkpoint folder (config, weights, card) from the Hub; returns the snapshot folder."""
-    from eo_jepa.models.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
-
     from_cache = cached_file(
         repo_id, CONFIG_NAME, repo_type=repo_type, revision=revision, cache_dir=cache_dir
     )
@@ -372,7 +393,7 @@ def load(
     arch: str | None = None,
     input_scale: float | None = None,
     img_size: int | None = None,
-) -> Any:
+) -> Encoder:
     """An :class:`~eo_jepa.models.encoder.Encoder` from a registry name, ``hf://org/repo[@rev]`` or a local path.
 
     ``norm``, ``bands``, ``arch``, ``input_scale`` and ``img_size`` describe a foreign file (a Meta DINOv3
@@ -380,8 +401,6 @@ def load(
     normalisation (``'sat493m'``, ``'imagenet'``: statistics of RGB in [0, 1], input scaled by 1/255)
     or ``{band: {"mean", "std"}}`` in the input's units.
     """
-    from eo_jepa.models.checkpoint import load_encoder
-
     key = os.fspath(name_or_path)
     foreign = {"norm": norm, "bands": bands, "arch": arch, "input_scale": input_scale, "img_size": img_size}
     given = sorted(k for k, v in foreign.items() if v is not None)
@@ -419,10 +438,7 @@ def load(
     )
 
 
-def _load_spec(spec: ModelSpec, path: Path, device: Any) -> Any:
-    from eo_jepa.models.checkpoint import CONFIG_NAME, load_encoder
-    from eo_jepa.models.convert import encoder_from_state, read_state_file
-
+def _load_spec(spec: ModelSpec, path: Path, device: Any) -> Encoder:
     if spec.converter == "eo-jepa" or (path.is_dir() and (path / CONFIG_NAME).is_file()):
         encoder = load_encoder(path, device=device)
     else:
@@ -483,12 +499,9 @@ def load_path(
     arch: str | None = None,
     input_scale: float | None = None,
     img_size: int | None = None,
-) -> Any:
+) -> Encoder:
     """A local eo-jepa folder, a timm/HF folder (config.json with ``architecture``) or a checkpoint file;
     a foreign file without normalisation needs ``norm=`` (see :func:`load`)."""
-    from eo_jepa.models.checkpoint import CONFIG_NAME, FORMAT, load_encoder, read_json
-    from eo_jepa.models.convert import encoder_from_state, read_state_file, sniff
-
     if path.is_file() and path.name != CONFIG_NAME:
         obj = read_state_file(path)
         fmt = sniff(obj)
@@ -516,11 +529,8 @@ def load_path(
     return load_encoder(path, device=device)
 
 
-def _load_timm_folder(path: Path, cfg: dict[str, Any], device: Any) -> Any:
+def _load_timm_folder(path: Path, cfg: dict[str, Any], device: Any) -> Encoder:
     """A timm Hub folder: ``config.json`` (architecture, pretrained_cfg mean/std) + ``model.safetensors``."""
-    from eo_jepa.models.convert import encoder_from_state, read_state_file
-    from eo_jepa.models.vit import ARCHS
-
     timm_name = str(cfg["architecture"])
     arch = next((a for a, s in ARCHS.items() if s.timm_name == timm_name), None)
     if arch is None:
@@ -550,15 +560,8 @@ def spec_dict(name: str) -> dict[str, Any]:
 
 def file_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What a local checkpoint file or folder is (for ``eo-jepa models info PATH``), without building it."""
-    from eo_jepa.models.checkpoint import CONFIG_NAME
-    from eo_jepa.models.convert import _unwrap, infer_timm_arch, read_state_file, sniff
-    from eo_jepa.models.dinov3 import CORE_JEPA_PREFIX, infer_arch, strip_prefix
-    from eo_jepa.utils.io import sha256_file
-
     p = Path(path).expanduser()
     if p.is_dir() or p.name == CONFIG_NAME:
-        from eo_jepa.models.checkpoint import encoder_config
-
         return {"path": str(p), "format": "eo-jepa folder", "config": encoder_config(load_path(p))}
     obj = read_state_file(p)
     fmt = sniff(obj)
@@ -573,7 +576,11 @@ def file_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         info["config"] = dict(obj.get("config") or {})
         info["load"] = f"eo_jepa.load({str(p)!r})"
         return info
-    state = strip_prefix(dict(obj), CORE_JEPA_PREFIX) if fmt in ("core-jepa", "meta-dinov3") else _unwrap(obj)
+    state = (
+        strip_prefix(dict(obj), CORE_JEPA_PREFIX)
+        if fmt in ("core-jepa", "meta-dinov3")
+        else unwrap_state(obj)
+    )
     info["tensors"] = len(state)
     info["parameters"] = int(sum(int(v.numel()) for v in state.values() if hasattr(v, "numel")))
     try:
