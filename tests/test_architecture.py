@@ -216,6 +216,43 @@ def test_no_function_level_imports_of_eo_jepa_outside_the_allow_list():
     assert not ALLOWED & TEMPORARY_ALLOWED
 
 
+# The README's package map, lowest first: a package imports only packages on its own line or above.
+PACKAGE_LAYERS = [
+    {"eo_jepa._version", "eo_jepa.errors", "eo_jepa.config", "eo_jepa.utils"},
+    {"eo_jepa.bands", "eo_jepa.stac"},
+    {"eo_jepa.chips"},
+    {
+        "eo_jepa.models",
+        "eo_jepa",
+    },  # eo_jepa/__init__ exports models/api.py's load, build_encoder, list_models
+    {"eo_jepa.ssl"},
+    {"eo_jepa.eval"},
+    {"eo_jepa.train"},
+    {"eo_jepa.demo"},
+    {"eo_jepa.cli", "eo_jepa.__main__"},
+]
+
+
+def package_of(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def test_packages_depend_one_way():
+    """The package map of the README, counting function-level imports too."""
+    rank = {pkg: i for i, layer in enumerate(PACKAGE_LAYERS) for pkg in layer}
+    graph = import_graph(modules(), functions=True)
+    assert {package_of(m) for m in graph} == set(rank), (
+        "a package is missing from PACKAGE_LAYERS (and the README)"
+    )
+    upward = sorted(
+        f"{src} imports {dst}"
+        for src, targets in graph.items()
+        for dst in targets
+        if rank[package_of(dst)] > rank[package_of(src)]
+    )
+    assert not upward, f"imports against the package map: {upward}"
+
+
 def test_models_depend_one_way():
     """The order the README gives, architectures -> encoder -> checkpoint/convert/adapt -> registry -> api:
     no models module imports one above it, not even inside a function."""
