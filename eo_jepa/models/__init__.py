@@ -1,8 +1,8 @@
 """Encoders (timm ViT / DINOv3), our checkpoint format, foreign converters and the registry.
 
-Modules depend one way: architectures (``vit``, ``dinov3``) → ``encoder`` → ``checkpoint``,
-``convert``, ``adapt`` → ``registry`` (names → checkpoints) → ``api`` (``load``,
-``build_encoder``). Heavy imports (torch, timm) happen on first use of an attribute, so
+Modules depend one way: architectures (``vit``, ``dinov3``) and the table of model names
+(``registry``) → ``encoder`` → ``checkpoint``, ``convert``, ``adapt`` → ``resolve`` (names →
+checkpoints → encoders) → ``api`` (``load``, ``build_encoder``). Heavy imports (torch, timm) happen on first use of an attribute, so
 ``import eo_jepa.models`` and the CLI's ``--help`` stay fast.
 """
 

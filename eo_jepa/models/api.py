@@ -1,10 +1,11 @@
 """The public model API: get an encoder by name, or build one for your bands.
 
-The top of :mod:`eo_jepa.models` (dependencies point one way: ``vit``/``dinov3`` → ``encoder`` →
-``checkpoint``/``convert``/``adapt`` → ``registry`` → ``api``):
+The top of :mod:`eo_jepa.models`, whose modules depend one way: architectures (``vit``,
+``dinov3``) and the name table (``registry``) → ``encoder`` → ``checkpoint``, ``convert``,
+``adapt`` → ``resolve`` (names to checkpoints to encoders) → ``api``.
 
-- :func:`load` — an encoder by registry name, ``hf://org/repo[@rev]`` or local path (the registry
-  resolves names to checkpoints and the converters read them);
+- :func:`load` — an encoder by registry name, ``hf://org/repo[@rev]`` or local path
+  (:mod:`eo_jepa.models.resolve`);
 - :func:`build_encoder` — a new encoder for given bands, random or initialised from a pretrained
   model named like :func:`load` does;
 - :func:`list_models` / :func:`register_model` — the names :func:`load` knows.
@@ -19,7 +20,8 @@ from eo_jepa.bands import get_sensor
 from eo_jepa.errors import ConfigError
 from eo_jepa.models.adapt import adapt_encoder
 from eo_jepa.models.encoder import Encoder, canonical_bands, new_encoder
-from eo_jepa.models.registry import list_models, load, register_model
+from eo_jepa.models.registry import list_models, register_model
+from eo_jepa.models.resolve import load
 
 __all__ = ["build_encoder", "list_models", "load", "register_model"]
 

@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 LEGACY_BANDS = ("red", "green", "blue", "nir", "swir16")
 LEGACY_STD_FLOOR = 1.0  # sentinel-change-explorer clamps std at 1 before dividing
 _WRAPPER_PREFIXES = ("backbone.", "module.", "vit.")
-CONVERTERS = ("eo-jepa", "meta-dinov3", "core-jepa", "legacy", "timm", "auto")
 
 
 def read_state_file(path: str | os.PathLike[str]) -> Any:
