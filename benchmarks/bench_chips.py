@@ -153,7 +153,7 @@ def main() -> None:
 
     from eo_jepa.chips import build_chips
     from eo_jepa.chips.config import ChipConfig
-    from eo_jepa.chips.grid import reproject_geometry
+    from eo_jepa.chips.crs import reproject_geometry
     from eo_jepa.config import load_config
     from eo_jepa.demo.scenes import make_demo_scenes
     from eo_jepa.demo.servers import range_http_server

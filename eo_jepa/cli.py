@@ -14,7 +14,13 @@ import sys
 import typer
 
 from eo_jepa._version import __version__
+from eo_jepa.chips import cli as chips_cli
+from eo_jepa.demo import cli as demo_cli
 from eo_jepa.errors import EOJepaError
+from eo_jepa.eval import cli as eval_cli
+from eo_jepa.models import cli as models_cli
+from eo_jepa.train import cli as train_cli
+from eo_jepa.utils.io import is_disk_full
 from eo_jepa.utils.logging import configure_logging
 
 log = logging.getLogger("eo_jepa")
@@ -47,18 +53,8 @@ def _root(
     configure_logging(-1 if quiet else verbose)
 
 
-def _register_all() -> None:
-    from eo_jepa.chips import cli as chips_cli
-    from eo_jepa.demo import cli as demo_cli
-    from eo_jepa.eval import cli as eval_cli
-    from eo_jepa.models import cli as models_cli
-    from eo_jepa.train import cli as train_cli
-
-    for module in (chips_cli, train_cli, models_cli, eval_cli, demo_cli):
-        module.register(app)
-
-
-_register_all()
+for _commands in (chips_cli, train_cli, models_cli, eval_cli, demo_cli):
+    _commands.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,8 +66,6 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"eo-jepa: error: {exc}", err=True)
         sys.exit(2)
     except OSError as exc:  # a write outside the atomic helpers (appended logs, chunk stores) hit a full disk
-        from eo_jepa.utils.io import is_disk_full
-
         if not is_disk_full(exc):
             raise
         where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""

@@ -11,7 +11,8 @@ from shapely.ops import unary_union
 
 from eo_jepa.chips.aois import Aoi, load_aois
 from eo_jepa.chips.config import AoiConfig, ChipConfig
-from eo_jepa.chips.grid import plan_locations, reproject_geometry, utm_epsg
+from eo_jepa.chips.crs import reproject_geometry, utm_epsg
+from eo_jepa.chips.grid import plan_locations
 from eo_jepa.config import load_config
 from eo_jepa.errors import BandMismatchError, ConfigError, DataError
 

@@ -10,7 +10,7 @@ from models_fakes import randomize_
 
 from eo_jepa.errors import BandMismatchError, ConfigError, DataError
 from eo_jepa.models import Encoder, build_encoder, save_encoder
-from eo_jepa.models.adapt import adapt_patch_kernels
+from eo_jepa.models.adapt import adapt_encoder, adapt_patch_kernels
 from eo_jepa.models.vit import create_backbone
 
 S2 = ("red", "green", "blue", "nir", "swir16")
@@ -159,6 +159,29 @@ def test_band_adaptation_keeps_rgb_response(rgb_dino):
     torch.testing.assert_close(w5[:, 0], w3[:, 0] * 3 / 5)
     # all blocks are the pretrained ones
     torch.testing.assert_close(enc5.backbone.blocks[5].mlp.fc1.weight, rgb.backbone.blocks[5].mlp.fc1.weight)
+
+
+def test_adapt_encoder_needs_no_name(rgb_dino):
+    """adapt_encoder starts from an Encoder in memory; build_encoder(pretrained=path) loads one and
+    gives the same network (models/adapt.py sits below the registry, so it cannot resolve names)."""
+    rgb, path = rgb_dino
+    direct = adapt_encoder(rgb, S2, norm_stats=S2_STATS)
+    by_name = build_encoder(None, S2, pretrained=str(path), norm_stats=S2_STATS)
+    assert (direct.arch, direct.bands, direct.sensor) == (by_name.arch, by_name.bands, by_name.sensor)
+    for (k, a), (_, b) in zip(direct.state_dict().items(), by_name.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def test_public_entry_points_are_the_api():
+    """eo_jepa.load / build_encoder / list_models and their eo_jepa.models names are models/api.py's."""
+    import eo_jepa
+    from eo_jepa import models
+    from eo_jepa.models import api
+
+    assert eo_jepa.build_encoder is models.build_encoder is api.build_encoder
+    assert eo_jepa.load is models.load is api.load
+    assert eo_jepa.list_models is models.list_models is api.list_models
+    assert "core-jepa-l" in [m["name"] for m in eo_jepa.list_models()]
 
 
 def test_band_adaptation_is_by_name_not_position():

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from eo_jepa.chips.config import AoiConfig
+from eo_jepa.chips.crs import reproject_geometry, utm_epsg
 from eo_jepa.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,6 @@ def _is_missing(value: Any) -> bool:
 def load_aois(source: str | Path | Any, cfg: AoiConfig | None = None) -> list[Aoi]:
     """AOIs from a vector file path or a GeoDataFrame (any CRS; points are buffered in UTM)."""
     import geopandas as gpd
-
-    from eo_jepa.chips.grid import utm_epsg
 
     cfg = cfg or AoiConfig()
     if isinstance(source, (str, Path)):
@@ -157,8 +156,6 @@ def _point_buffer(value: Any, default: float, where: str) -> float:
 
 def _buffer_point(point: Any, half_width_m: float, epsg: int) -> Any:
     from shapely.geometry import box
-
-    from eo_jepa.chips.grid import reproject_geometry
 
     c = reproject_geometry(point.centroid, 4326, epsg)
     square = box(c.x - half_width_m, c.y - half_width_m, c.x + half_width_m, c.y + half_width_m)

@@ -5,12 +5,11 @@ same place always gets the same ``location_id`` (whichever AOI asks for it). Sen
 origins (MGRS, e.g. 399960 m / 5000040 m) are multiples of 60 m, so 10 m and 20 m pixels line up with
 chip edges whenever ``chip_size * gsd_m`` is a multiple of 20 m (60 m bands: of 60 m) and those reads
 need no warping; other cases go through a WarpedVRT.
-The UTM zone of a chip is that of its AOI's centroid.
+The UTM zone of a chip is that of its AOI's centroid (CRS helpers: :mod:`eo_jepa.chips.crs`).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -18,29 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from eo_jepa.chips.aois import Aoi
+from eo_jepa.chips.crs import reproject_geometry, utm_epsg
 
 log = logging.getLogger(__name__)
-
-
-@functools.lru_cache(maxsize=32)
-def _transformer(src_epsg: int, dst_epsg: int) -> Any:
-    from pyproj import Transformer
-
-    return Transformer.from_crs(src_epsg, dst_epsg, always_xy=True)  # ~0.2 ms to make
-
-
-def reproject_geometry(geom: Any, src_epsg: int, dst_epsg: int) -> Any:
-    """A shapely geometry (or array of them) transformed between two CRSs (x = easting/longitude first)."""
-    import shapely
-
-    fn = _transformer(src_epsg, dst_epsg).transform
-    return shapely.transform(geom, lambda x, y: fn(x, y), interleaved=False)
-
-
-def utm_epsg(lon: float, lat: float) -> int:
-    """EPSG code of the WGS84 UTM zone holding (lon, lat): 326zz north, 327zz south."""
-    zone = min(max(math.floor((lon + 180.0) / 6.0) + 1, 1), 60)
-    return (32600 if lat >= 0 else 32700) + zone
 
 
 @dataclass(frozen=True)

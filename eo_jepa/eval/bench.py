@@ -98,7 +98,7 @@ def resolve_model(spec: str, *, device: str | None = None, norm: str | None = No
     import eo_jepa
 
     if spec.startswith("random:"):
-        from eo_jepa.models.encoder import build_encoder
+        from eo_jepa.models import build_encoder
 
         arch = spec.split(":", 1)[1]
         import torch

@@ -1,7 +1,9 @@
 """Encoders (timm ViT / DINOv3), our checkpoint format, foreign converters and the registry.
 
-Heavy imports (torch, timm) happen on first use of an attribute, so ``import eo_jepa.models`` and
-the CLI's ``--help`` stay fast.
+Modules depend one way: architectures (``vit``, ``dinov3``) and the table of model names
+(``registry``) → ``encoder`` → ``checkpoint``, ``convert``, ``adapt`` → ``resolve`` (names →
+checkpoints → encoders) → ``api`` (``load``, ``build_encoder``). Heavy imports (torch, timm) happen on first use of an attribute, so
+``import eo_jepa.models`` and the CLI's ``--help`` stay fast.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from eo_jepa.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "Encoder": "eo_jepa.models.encoder",
-    "build_encoder": "eo_jepa.models.encoder",
     "canonical_bands": "eo_jepa.models.encoder",
     "save_encoder": "eo_jepa.models.checkpoint",
     "load_encoder": "eo_jepa.models.checkpoint",
@@ -20,11 +21,12 @@ _EXPORTS = {
     "ArchSpec": "eo_jepa.models.vit",
     "create_backbone": "eo_jepa.models.vit",
     "ModelSpec": "eo_jepa.models.registry",
-    "register_model": "eo_jepa.models.registry",
-    "list_models": "eo_jepa.models.registry",
-    "load": "eo_jepa.models.registry",
     "markdown_table": "eo_jepa.models.registry",
     "NORMALISATIONS": "eo_jepa.models.registry",
+    "build_encoder": "eo_jepa.models.api",
+    "list_models": "eo_jepa.models.api",
+    "load": "eo_jepa.models.api",
+    "register_model": "eo_jepa.models.api",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,6 +8,9 @@ sum over channels — the scale of the patch embedding — stays the same for in
 magnitude. Consequence (tested): the C-band model fed ``[R, G, B, 0, …, 0] · C/3`` gives exactly
 the RGB model's output for ``[R, G, B]``.
 
+:func:`adapt_encoder` builds a new :class:`~eo_jepa.models.encoder.Encoder` from a loaded one this
+way (the model is named by :func:`eo_jepa.models.api.build_encoder`, which resolves the name).
+
 Patch-size changes use timm's pseudo-inverse kernel resampling (FlexiViT, Beyer et al. 2023,
 :func:`timm.layers.resample_patch_embed`); absolute position embeddings are interpolated with
 :func:`timm.layers.resample_abs_pos_embed` (RoPE models have none).
@@ -16,11 +19,15 @@ Patch-size changes use timm's pseudo-inverse kernel resampling (FlexiViT, Beyer 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from eo_jepa.bands import RGB
-from eo_jepa.errors import CheckpointError
+import torch
+
+from eo_jepa.bands import RGB, get_sensor
+from eo_jepa.errors import CheckpointError, ConfigError
+from eo_jepa.models.encoder import Encoder, canonical_bands, clean_norm_stats
+from eo_jepa.models.vit import create_backbone, get_arch, materialize_buffers
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +36,6 @@ PATCH_KEY = "patch_embed.proj.weight"
 
 def adapt_patch_kernels(weight: Any, src_bands: Sequence[str], dst_bands: Sequence[str]) -> Any:
     """(D, C_src, p, p) kernels → (D, C_dst, p, p) by band name, rescaled by C_src/C_dst (see module doc)."""
-    import torch
-
     src, dst = list(src_bands), list(dst_bands)
     if weight.shape[1] != len(src):
         raise CheckpointError(
@@ -77,3 +82,52 @@ def adapt_state_dict(
             pos, new_size=list(model.patch_embed.grid_size), old_size=[old, old], num_prefix_tokens=npt
         )
     return out
+
+
+def adapt_encoder(
+    source: Encoder,
+    bands: Sequence[str],
+    *,
+    arch: str | None = None,
+    img_size: int = 224,
+    norm_stats: Mapping[str, Mapping[str, Any]] | None = None,
+    patch_size: int | None = None,
+    input_scale: float | None = None,
+    sensor: str | None = None,
+    label: str | None = None,
+) -> Encoder:
+    """A new encoder for ``bands`` initialised from ``source``'s weights (see the module doc).
+
+    ``arch=None`` keeps the source's architecture; another one must be the same network (family,
+    width, depth, qkv bias) with, e.g., another patch size. Without ``norm_stats`` the source's
+    statistics (and input scale) are kept, which fails clearly for bands the source lacks.
+    ``label`` names the source in errors (the registry name or path it was loaded from).
+    """
+    if sensor is not None:
+        get_sensor(sensor)
+    names = canonical_bands(bands, sensor)
+    arch = arch or source.arch
+    network = [(s.family, s.embed_dim, s.depth, s.qkv_bias) for s in (get_arch(source.arch), get_arch(arch))]
+    if network[0] != network[1]:
+        raise ConfigError(
+            f"Pretrained model {label or source.arch!r} is a {source.arch}; it cannot initialise a {arch} "
+            f"(use arch={source.arch!r} or None)."
+        )
+    if norm_stats is None:
+        norm_stats = source.norm_stats  # missing bands raise a clear ConfigError below
+        if input_scale is None:
+            input_scale = source.input_scale
+    stats = clean_norm_stats(norm_stats, names)
+    backbone = create_backbone(arch, len(names), img_size, patch_size=patch_size, meta=True)
+    state = adapt_state_dict(source.backbone.state_dict(), backbone, src_bands=source.bands, dst_bands=names)
+    backbone.load_state_dict(state, strict=True, assign=True)
+    materialize_buffers(backbone)
+    return Encoder(
+        backbone,
+        arch=arch,
+        bands=names,
+        norm_stats=stats,
+        img_size=img_size,
+        input_scale=1.0 if input_scale is None else input_scale,
+        sensor=sensor or source.sensor,
+    )

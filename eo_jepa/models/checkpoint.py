@@ -32,7 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from eo_jepa._version import __version__
+from eo_jepa.config import to_dict
 from eo_jepa.errors import CheckpointError
+from eo_jepa.models.encoder import Encoder
+from eo_jepa.models.vit import create_backbone, materialize_buffers
 from eo_jepa.utils.io import (
     atomic_path,
     atomic_write_json,
@@ -65,13 +68,11 @@ def _jsonable(obj: Any) -> Any:
     if obj is None:
         return None
     if hasattr(obj, "__dataclass_fields__"):
-        from eo_jepa.config import to_dict
-
         return to_dict(obj)
     return obj
 
 
-def encoder_config(encoder: Any) -> dict[str, Any]:
+def encoder_config(encoder: Encoder) -> dict[str, Any]:
     """The architecture/band/normalisation part of ``config.json`` for ``encoder``."""
     return {
         "format": FORMAT,
@@ -279,13 +280,10 @@ def _file_stamp(path: Path) -> dict[str, Any]:
     }
 
 
-def load_encoder(path: str | os.PathLike[str], *, device: Any = None, verify: bool = True) -> Any:
+def load_encoder(path: str | os.PathLike[str], *, device: Any = None, verify: bool = True) -> Encoder:
     """Load a checkpoint folder written by :func:`save_encoder` (sha256 verified)."""
     import torch
     from safetensors.torch import load_file
-
-    from eo_jepa.models.encoder import Encoder
-    from eo_jepa.models.vit import create_backbone, materialize_buffers
 
     root, config = read_config(path)
     weights = verify_weights(root, config) if verify else root / WEIGHTS_NAME

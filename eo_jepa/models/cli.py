@@ -1,10 +1,17 @@
-"""``eo-jepa models ...`` commands: what :func:`eo_jepa.load` knows."""
+"""``eo-jepa models ...`` commands: what :func:`eo_jepa.load` knows.
+
+The registry is a table without torch; the loader (:mod:`eo_jepa.models.resolve`, which imports
+torch) is imported inside ``info`` when needed, so ``eo-jepa --help`` and ``models list`` stay fast.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
+
+from eo_jepa.models.registry import is_registered, list_models, markdown_table, spec_dict
 
 models_app = typer.Typer(help="List and inspect the encoders eo_jepa.load() knows.", no_args_is_help=True)
 
@@ -14,8 +21,6 @@ def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """The registered model names with architecture, bands, normalisation, source and licence."""
-    from eo_jepa.models.registry import list_models, markdown_table
-
     if as_json:
         typer.echo(json.dumps(list_models(), indent=2))
     else:
@@ -33,17 +38,15 @@ def info_cmd(
 ) -> None:
     """Everything the registry records about NAME (or what a checkpoint file is and the call that loads it);
     with --load, the loaded encoder's bands and stats."""
-    from pathlib import Path
+    if not is_registered(name) and Path(name).expanduser().exists():
+        from eo_jepa.models.resolve import file_info
 
-    from eo_jepa.models.registry import _REGISTRY, file_info, spec_dict
-
-    if name not in _REGISTRY and Path(name).expanduser().exists():
         typer.echo(json.dumps(file_info(name), indent=2, default=str))
         return
     info = spec_dict(name)
     if load:
         from eo_jepa.models.checkpoint import encoder_config
-        from eo_jepa.models.registry import load as load_model
+        from eo_jepa.models.resolve import load as load_model
 
         info["loaded"] = encoder_config(load_model(name))
     typer.echo(json.dumps(info, indent=2, default=str))

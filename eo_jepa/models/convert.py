@@ -25,14 +25,15 @@ from typing import Any
 
 from eo_jepa.errors import CheckpointError
 from eo_jepa.models import dinov3
+from eo_jepa.models.encoder import Encoder, canonical_bands
 from eo_jepa.models.vit import ARCHS, create_backbone, get_arch, materialize_buffers
+from eo_jepa.utils.io import atomic_open
 
 log = logging.getLogger(__name__)
 
 LEGACY_BANDS = ("red", "green", "blue", "nir", "swir16")
 LEGACY_STD_FLOOR = 1.0  # sentinel-change-explorer clamps std at 1 before dividing
 _WRAPPER_PREFIXES = ("backbone.", "module.", "vit.")
-CONVERTERS = ("eo-jepa", "meta-dinov3", "core-jepa", "legacy", "timm", "auto")
 
 
 def read_state_file(path: str | os.PathLike[str]) -> Any:
@@ -82,7 +83,7 @@ def sniff(obj: Any) -> str:
             raise CheckpointError(
                 f"Checkpoint wraps its weights under {key!r}; save that inner state dict on its own and load it."
             )
-    if "patch_embed.proj.weight" in _unwrap(obj):
+    if "patch_embed.proj.weight" in unwrap_state(obj):
         return "timm"
     raise CheckpointError(
         "Unrecognised checkpoint layout (keys like "
@@ -91,7 +92,8 @@ def sniff(obj: Any) -> str:
     )
 
 
-def _unwrap(state: Mapping[str, Any]) -> dict[str, Any]:
+def unwrap_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A timm state dict with wrapper prefixes (``backbone.``, ``module.``, ``vit.``) removed."""
     state = dict(state)
     for prefix in _WRAPPER_PREFIXES:
         if "patch_embed.proj.weight" not in state:
@@ -148,10 +150,8 @@ def encoder_from_state(
     sensor: str | None = None,
     img_size: int | None = None,
     source: str = "",
-) -> Any:
+) -> Encoder:
     """An :class:`Encoder` from a loaded foreign checkpoint; metadata missing from the file comes from the caller."""
-    from eo_jepa.models.encoder import Encoder, canonical_bands
-
     fmt = sniff(obj)
     if converter not in ("auto", fmt) and not (converter == "core-jepa" and fmt == "meta-dinov3"):
         raise CheckpointError(
@@ -189,7 +189,7 @@ def encoder_from_state(
         state = dinov3.strip_prefix(dict(obj), dinov3.CORE_JEPA_PREFIX)
         arch = arch or dinov3.infer_arch(state)
     else:
-        state = _unwrap(obj)
+        state = unwrap_state(obj)
         arch = arch or infer_timm_arch(state)
     spec = get_arch(arch)
     if bands is None:
@@ -211,11 +211,9 @@ def encoder_from_state(
     )  # fmt: skip
 
 
-def save_legacy_pt(encoder: Any, path: str | os.PathLike[str]) -> Path:
+def save_legacy_pt(encoder: Encoder, path: str | os.PathLike[str]) -> Path:
     """Write ``encoder`` in the sentinel-change-explorer ``.pt`` layout (ViT/8 family only)."""
     import torch
-
-    from eo_jepa.utils.io import atomic_open
 
     if get_arch(encoder.arch).family != "vit":
         raise CheckpointError(

@@ -18,7 +18,7 @@ from torch import nn
 
 from eo_jepa.bands import band_info, get_sensor
 from eo_jepa.errors import BandMismatchError, ConfigError, DataError
-from eo_jepa.models.vit import create_backbone, get_arch, materialize_buffers
+from eo_jepa.models.vit import create_backbone, get_arch
 
 log = logging.getLogger(__name__)
 
@@ -190,71 +190,32 @@ class Encoder(nn.Module):
         return records
 
 
-def build_encoder(
-    arch: str | None,
+def new_encoder(
+    arch: str,
     bands: Sequence[str],
     *,
     img_size: int = 224,
     norm_stats: Mapping[str, Mapping[str, Any]] | None = None,
-    pretrained: str | None = None,
     patch_size: int | None = None,
     input_scale: float | None = None,
     sensor: str | None = None,
 ) -> Encoder:
-    """A new encoder for ``bands``; random weights, or ``pretrained`` (registry name or path) adapted to them.
+    """A randomly initialised encoder of architecture ``arch`` for ``bands``.
 
-    Adaptation is by band name (see :mod:`eo_jepa.models.adapt`); a different ``patch_size``
-    resamples the patch kernels. ``arch=None`` keeps the pretrained architecture. Without
-    ``norm_stats`` the pretrained statistics are kept for bands it has (an error for new bands),
-    or identity statistics are used for a model trained from scratch (the trainer passes the
-    dataset's statistics).
+    Without ``norm_stats``, identity statistics (mean 0, std 1) are used and a warning says so (the
+    trainer passes the dataset's statistics). Starting from pretrained weights is
+    :func:`eo_jepa.models.adapt.adapt_encoder`; :func:`eo_jepa.models.api.build_encoder` picks one.
     """
-    from eo_jepa.models.adapt import adapt_state_dict
-
     if sensor is not None:
         get_sensor(sensor)
     names = canonical_bands(bands, sensor)
-    source: Encoder | None = None
-    if pretrained is not None:
-        from eo_jepa.models.registry import load
-
-        source = load(pretrained)
-        arch = arch or source.arch
-        src, dst = get_arch(source.arch), get_arch(arch)
-        if (src.family, src.embed_dim, src.depth, src.qkv_bias) != (
-            dst.family,
-            dst.embed_dim,
-            dst.depth,
-            dst.qkv_bias,
-        ):
-            raise ConfigError(
-                f"Pretrained model {pretrained!r} is a {source.arch}; it cannot initialise a {arch} "
-                f"(use arch={source.arch!r} or None)."
-            )
-        sensor = sensor or source.sensor
-    if arch is None:
-        raise ConfigError("build_encoder needs an arch when no pretrained model is given.")
     get_arch(arch)
     if norm_stats is None:
-        if source is not None:
-            norm_stats = source.norm_stats  # missing bands raise a clear ConfigError below
-            if input_scale is None:
-                input_scale = source.input_scale
-        else:
-            log.warning("No norm_stats given for %s: using mean 0, std 1 (identity).", list(names))
-            norm_stats = {b: {"mean": 0.0, "std": 1.0} for b in names}
+        log.warning("No norm_stats given for %s: using mean 0, std 1 (identity).", list(names))
+        norm_stats = {b: {"mean": 0.0, "std": 1.0} for b in names}
     stats = clean_norm_stats(norm_stats, names)
-    if source is None:
-        backbone = create_backbone(arch, len(names), img_size, patch_size=patch_size)
-    else:
-        backbone = create_backbone(arch, len(names), img_size, patch_size=patch_size, meta=True)
-        state = adapt_state_dict(
-            source.backbone.state_dict(), backbone, src_bands=source.bands, dst_bands=names
-        )
-        backbone.load_state_dict(state, strict=True, assign=True)
-        materialize_buffers(backbone)
     return Encoder(
-        backbone,
+        create_backbone(arch, len(names), img_size, patch_size=patch_size),
         arch=arch,
         bands=names,
         norm_stats=stats,
