@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from eo_jepa.chips.grid import Location
-from eo_jepa.chips.read import SourceCache, prefetch, read_to_grid
+from eo_jepa.chips.sources import ReadError, SourceCache
+from eo_jepa.chips.windows import prefetch, read_to_grid
 from eo_jepa.chips.stats import BandHistograms
 from eo_jepa.chips.store import ChipWriter, create_arrays, open_arrays
 from eo_jepa.stac import load_static_items
@@ -47,7 +48,7 @@ def test_prefetched_windows_equal_chip_by_chip_reads(demo_scenes_tiny, size, gsd
     for key, alg in (("B04", resampling), ("B11", resampling), ("SCL", "nearest")):
         href = item.assets[key].href
         prefetch(cache, href, [1], alg, locs)
-        ds = cache.open(href)
+        ds = cache.open(href).dataset
         for loc in locs:
             window = cache.window(href, [1], alg, loc)
             want, covered = read_to_grid(ds, [1], loc, alg)
@@ -134,8 +135,6 @@ def test_sparse_partials_round_trip_and_old_list_form(tmp_path):
 def test_a_failed_source_is_not_served_from_its_prefetched_windows(demo_scenes_tiny):
     """Once a chip read of a source failed in a task, later chips of that task get the same error, as
     chip-by-chip reads did, even where a batched window of that source was read before the failure."""
-    from eo_jepa.chips.read import ReadError
-
     item = load_static_items(demo_scenes_tiny.items_path)[0]
     locs = _row_of_locations(item, 64, 10.0, 3)
     cache = SourceCache()

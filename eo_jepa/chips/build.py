@@ -12,7 +12,7 @@ Tasks run inline (``workers=1``), in a local process or thread pool, or on a Das
 cluster (``scheduler="tcp://..."`` or a ``distributed.Client``); the same plan either way. A worker
 runs a batch of tasks with one chip writer thread, which writes, syncs and journals task k while task
 k+1 is read. Within a task, the windows of a row of adjacent chips are read in one windowed read
-(:func:`eo_jepa.chips.read.prefetch`; same pixels as chip-by-chip reads, far fewer GDAL calls).
+(:func:`eo_jepa.chips.windows.prefetch`; same pixels as chip-by-chip reads, far fewer GDAL calls).
 """
 
 from __future__ import annotations
@@ -35,20 +35,16 @@ from eo_jepa._version import __version__
 from eo_jepa.chips.aois import Aoi, load_aois
 from eo_jepa.chips.config import ChipConfig
 from eo_jepa.chips.grid import Anchor, Location, plan_locations, source_anchor
-from eo_jepa.chips.read import (
-    ChipRead,
+from eo_jepa.chips.read import ChipRead, asset_groups, cached_probe, read_chip
+from eo_jepa.chips.sources import (
     ReadError,
     SourceCache,
-    asset_groups,
-    cached_probe,
     close_cached_datasets,
     enter_gdal_env,
     forget_checks,
     forget_down_hosts,
     host_of,
     http_options,
-    prefetch,
-    read_chip,
 )
 from eo_jepa.chips.stats import BandHistograms
 from eo_jepa.chips.store import (
@@ -60,6 +56,7 @@ from eo_jepa.chips.store import (
     ChipWriter,
     create_arrays,
 )
+from eo_jepa.chips.windows import prefetch
 from eo_jepa.config import from_dict, load_config, to_dict
 from eo_jepa.errors import ConfigError, DataError, StacError
 from eo_jepa.stac import ItemInfo, dropped_by_collection, is_api_url, open_client, search_items, sign_href
@@ -213,11 +210,9 @@ def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, An
         entries.append({**loc.to_dict(), "candidates": cands[: cfg.max_candidates]})
     used = sorted({c for e in entries for c in e["candidates"]})
     for item_id in used:  # say when a fallback decided a scene's offset (recorded per chip as well)
-        offset, decided_by = cfg.sensor_info.offset_for(items[item_id], cfg.harmonize)
-        if decided_by in ("s2:product_uri", "item id", "acquisition date"):
-            log.info(
-                "item %s has no s2:processing_baseline: offset %d decided by its %s", item_id, offset, decided_by
-            )
+        note = cfg.sensor_info.offset_fallback(items[item_id], cfg.harmonize)
+        if note is not None:
+            log.info("item %s has %s", item_id, note)
     return {
         "format": 1,
         "eo_jepa_version": __version__,
@@ -338,7 +333,7 @@ def _prefetch(
     in the same order, so the results and the errors reported are those of chip-by-chip reads.
     """
     sensor, provider = cfg.sensor_info, cfg.stac.provider
-    mask_key = sensor.mask_asset.get(provider)
+    mask_key = sensor.mask_key(provider)
     groups = [(key, idx, cfg.resampling) for key, idx, _ in asset_groups(sensor, cfg.bands, provider)]
 
     def fetch(item_id: str, where: list[Location], assets: list[tuple[str, list[int], str]]) -> None:
@@ -573,7 +568,7 @@ def _process_context() -> Any:
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["eo_jepa.chips.build", "eo_jepa.chips.read", "zarr", "rasterio"])
+    ctx.set_forkserver_preload(["eo_jepa.chips.build", "zarr", "rasterio"])
     return ctx
 
 

@@ -25,32 +25,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _harmonisation(cfg: dict[str, Any], applied: list[dict[str, Any]]) -> str:
-    """What was done to the chips' digital numbers: only offsets that were applied, with their source."""
-    if not cfg["harmonize"]:
-        return "none (harmonize=false: scales of scenes before/after processing baseline 04.00 differ)"
-    shifted = [a for a in applied if a["offset"]]
-    kept = sum(a["chips"] for a in applied if not a["offset"])
-    if not shifted:
-        return f"no offset was applied to any chip ({kept} chips from scenes that needed none)"
-    by = "; ".join(f"{a['chips']} by {a['source']}" for a in shifted)
-    return (
-        f"{-shifted[0]['offset']} subtracted (then clipped at 0) from {sum(a['chips'] for a in shifted)} chips "
-        f"of processing baseline >= 04.00 scenes, so all chips share the pre-04.00 scale (baseline decided {by}); "
-        f"{kept} chips needed no offset"
-    )
-
-
 def _processing(cfg: dict[str, Any], sensor: Sensor, applied: list[dict[str, Any]] | None) -> str:
     lines = []
-    if sensor.boa_add_offset:
-        lines.append(f"- Harmonisation: {_harmonisation(cfg, applied or [])}.")
-    if sensor.mask_asset:
-        lines += [
-            f"- Mask: SCL classes {cfg['mask_classes']} are invalid (SCL 0 is always no data); SCL is "
-            "resampled from 20 m with nearest neighbour.",
-            f"- Bands coarser than the chip grid resampled with `{cfg['resampling']}`.",
-        ]
+    harmonisation = sensor.harmonisation_note(cfg["harmonize"], applied or [])
+    if harmonisation is not None:
+        lines.append(f"- Harmonisation: {harmonisation}.")
+    mask = sensor.mask_note(cfg["mask_classes"])
+    if mask is not None:
+        lines.append(f"- Mask: {mask}")
+    if sensor.multi_resolution:
+        lines.append(f"- Bands coarser than the chip grid resampled with `{cfg['resampling']}`.")
     lines += [
         f"- Scene choice: per location the {cfg['dates_per_location']} clearest of up to "
         f"{cfg['max_candidates']} candidate scenes (lowest masked fraction).",
