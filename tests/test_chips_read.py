@@ -10,9 +10,9 @@ import pytest
 
 from eo_jepa.chips.grid import Location
 from eo_jepa.chips.sources import ReadError, SourceCache
-from eo_jepa.chips.windows import prefetch, read_to_grid
 from eo_jepa.chips.stats import BandHistograms
 from eo_jepa.chips.store import ChipWriter, create_arrays, open_arrays
+from eo_jepa.chips.windows import prefetch, read_to_grid
 from eo_jepa.stac import load_static_items
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from eo_jepa.bands import Sensor, get_sensor
+from eo_jepa.chips.records import Plan
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "data_cards" / "TEMPLATE.md"
 _FALLBACK = "---\n{{front_matter}}\n---\n\n# Data card: {{name}}\n\n{{aois_table}}\n\n{{stats_table}}\n"
@@ -61,7 +62,7 @@ def _grid_line(grid: dict[str, Any] | None, ok: int, resampling: str) -> str:
     )
 
 
-def render_card(dataset: dict[str, Any], stats: dict[str, Any], plan: dict[str, Any]) -> str:
+def render_card(dataset: dict[str, Any], stats: dict[str, Any], plan: Plan) -> str:
     cfg = dataset["config"]
     sensor = get_sensor(dataset["sensor"])
     counts = dataset["counts"]
@@ -85,8 +86,8 @@ def render_card(dataset: dict[str, Any], stats: dict[str, Any], plan: dict[str, 
             "provider": cfg["stac"]["provider"],
         },
         "aois": [
-            {k: a[k] for k in ("aoi_id", "label", "split", "start", "end", "bbox", "items_found")}
-            for a in plan["aois"]
+            {k: getattr(a, k) for k in ("aoi_id", "label", "split", "start", "end", "bbox", "items_found")}
+            for a in plan.aois
         ],
         "counts": counts,
         "harmonisation": dataset.get("harmonisation", []),
@@ -94,11 +95,10 @@ def render_card(dataset: dict[str, Any], stats: dict[str, Any], plan: dict[str, 
         "stats": {b: {k: v for k, v in s.items()} for b, s in stats["bands"].items()},
     }
     aoi_rows = ["| aoi_id | label | split | dates | bbox (lon/lat) | items |", "|---|---|---|---|---|---|"]
-    for a in plan["aois"]:
-        bbox = ", ".join(f"{v:.4f}" for v in a["bbox"])
+    for a in plan.aois:
+        bbox = ", ".join(f"{v:.4f}" for v in a.bbox)
         aoi_rows.append(
-            f"| {a['aoi_id']} | {a['label'] or ''} | {a['split']} | {a['start']} to {a['end']} | {bbox} | "
-            f"{a['items_found']} |"
+            f"| {a.aoi_id} | {a.label or ''} | {a.split} | {a.start} to {a.end} | {bbox} | {a.items_found} |"
         )
     keys = ("count", "mean", "std", "min", "max", "p1", "p2", "p98", "p99")
     stat_rows = ["| band | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
