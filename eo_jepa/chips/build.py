@@ -33,6 +33,8 @@ from typing import Any
 
 from eo_jepa._version import __version__
 from eo_jepa.chips.aois import Aoi, load_aois
+from eo_jepa.chips.card import render_card
+from eo_jepa.chips.cluster import run_on_cluster
 from eo_jepa.chips.config import ChipConfig
 from eo_jepa.chips.grid import Anchor, Location, plan_locations, source_anchor
 from eo_jepa.chips.read import ChipRead, asset_groups, cached_probe, read_chip
@@ -58,7 +60,7 @@ from eo_jepa.chips.store import (
     create_arrays,
 )
 from eo_jepa.chips.windows import prefetch
-from eo_jepa.config import from_dict, load_config, to_dict
+from eo_jepa.config import apply_overrides, from_dict, load_config, to_dict
 from eo_jepa.errors import ConfigError, DataError, StacError
 from eo_jepa.stac import ItemInfo, dropped_by_collection, is_api_url, open_client, search_items, sign_href
 from eo_jepa.utils.io import atomic_open, atomic_write_json, atomic_write_text
@@ -113,8 +115,6 @@ class BuildReport:
 def _load_config(config: ChipConfig | str | Path, overrides: Sequence[str]) -> ChipConfig:
     if isinstance(config, ChipConfig):
         if overrides:
-            from eo_jepa.config import apply_overrides
-
             return from_dict(ChipConfig, apply_overrides(to_dict(config), overrides))
         return config
     return load_config(ChipConfig, config, overrides)
@@ -579,8 +579,6 @@ def _execute(
     if not specs:
         return
     if scheduler is not None:
-        from eo_jepa.chips.cluster import run_on_cluster
-
         run_on_cluster(run_tasks, _batches(specs, max(1, workers)), scheduler, specs[0].root, on_done)
         return
     if workers <= 1:
@@ -747,8 +745,6 @@ def finalize(root: Path, plan: Plan, *, card_dir: str | Path | None = None) -> B
     import geopandas as gpd
     import pandas as pd
     from shapely import wkt
-
-    from eo_jepa.chips.card import render_card
 
     cfg = from_dict(ChipConfig, plan.config)
     sensor = cfg.sensor_info
