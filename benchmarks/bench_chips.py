@@ -71,7 +71,7 @@ def bare_reads(index, items, chip_size: int, probes: dict[str, list[str]] | None
     from rasterio.enums import Resampling
     from rasterio.windows import from_bounds
 
-    from eo_jepa.chips.read import GDAL_ENV
+    from eo_jepa.chips.sources import GDAL_ENV
 
     keys = ("SCL", "B04", "B03", "B02", "B08", "B11")
     ok = index[index["status"] == "ok"]

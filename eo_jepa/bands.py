@@ -6,6 +6,11 @@ Used by the chip builder (asset keys, resolutions, offsets, cloud masks), the tr
 name; provider asset keys (Planetary Computer ``B04``, Earth Search ``red``) are looked up
 here and nowhere else.
 
+Sensor-specific rules are methods of the sensor's class: the base :class:`Sensor` has no DN offset and
+no quality mask; :class:`Sentinel2L2A` adds the baseline 04.00 offset (``offset_for``) and SCL masking
+(``mask_from``). Adding a sensor (Landsat, HLS) is a ``Sensor`` of its bands, plus a subclass when it
+has rules of its own (e.g. QA bit flags in ``mask_from``).
+
 Facts: Sentinel-2 MSI band centres/widths from ESA's Sentinel-2 User Handbook (S2A values);
 L2A has 12 reflectance bands (B10 is dropped by Sen2Cor). Since processing baseline 04.00
 (scenes from 25 January 2022) L2A digital numbers carry ``BOA_ADD_OFFSET = -1000``:
@@ -14,10 +19,13 @@ reflectance = (DN - 1000) / 10000. NAIP: 4-band RGBN 8-bit aerial imagery (USDA 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from eo_jepa.errors import BandMismatchError, ConfigError, did_you_mean
 
@@ -62,7 +70,11 @@ class Band:
 
 @dataclass(frozen=True)
 class Sensor:
-    """A sensor/product: its bands, collections per provider, pixel scale and quality mask."""
+    """A sensor/product: its bands, collections per provider, pixel scale and quality mask.
+
+    Digital numbers are used as they are (no offset) and no quality mask is read; subclasses with
+    rules of their own override :meth:`offset_for` / :meth:`mask_from` and the notes that describe them.
+    """
 
     name: str
     description: str
@@ -73,12 +85,11 @@ class Sensor:
     scale: float  # physical value = (DN + offset) * scale  (offset per scene, see offset_for)
     units: str
     license: str
-    mask_asset: dict[str, str] = field(default_factory=dict)  # provider -> quality-mask asset (S2 SCL)
+    # provider -> quality-mask asset (S2 SCL); a sensor with one implements mask_from
+    mask_asset: dict[str, str] = field(default_factory=dict)
     mask_gsd_m: float | None = None
     # provider -> further collections of the same product (Earth Search: legacy and collection 1)
     more_collections: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # Sentinel-2 L2A: digital numbers of scenes from processing baseline 04.00 on carry +1000
-    boa_add_offset: bool = False
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -120,17 +131,63 @@ class Sensor:
         """Every collection of this product at ``provider`` (the default one first)."""
         return (self.collection(provider), *self.more_collections.get(provider, ()))
 
+    @property
+    def multi_resolution(self) -> bool:
+        """Bands of several native GSDs (coarser ones are resampled onto the chip grid)."""
+        return len({b.gsd_m for b in self.bands}) > 1
+
+    def mask_key(self, provider: str) -> str | None:
+        """The asset holding the quality mask at ``provider``; None: no mask (every pixel is read)."""
+        return self.mask_asset.get(provider)
+
+    def mask_from(self, values: np.ndarray, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(no data, cloud) boolean masks from the quality-mask values of a chip; ``classes``: the
+        config's ``mask_classes``. Only called for sensors with a :meth:`mask_key`."""
+        raise NotImplementedError(f"Sensor {self.name!r} has no quality mask to read.")
+
+    def mask_note(self, classes: Sequence[int]) -> str | None:
+        """The data card's sentence on how chips were masked; None without a quality mask."""
+        return None
+
+    def offset_for(self, item: Any, harmonize: bool = True) -> tuple[int, str]:
+        """(DN offset to add, what decided it) for a scene; ``item`` is a :class:`eo_jepa.stac.ItemInfo`.
+        Sensors without an offset rule: ``(0, "none")``."""
+        return 0, "none"
+
+    def offset_fallback(self, item: Any, harmonize: bool = True) -> str | None:
+        """When a fallback (not the scene's own metadata) decided the offset, a note saying so (logged
+        by the planner); else None."""
+        return None
+
+    def harmonisation_note(self, harmonize: bool, applied: Sequence[dict[str, Any]]) -> str | None:
+        """The data card's sentence on what was done to the digital numbers; ``applied``: the
+        ``dataset.json`` ``harmonisation`` entries (offset, source, chips). None without an offset rule."""
+        return None
+
+
+@dataclass(frozen=True)
+class Sentinel2L2A(Sensor):
+    """Sentinel-2 L2A: the processing-baseline 04.00 offset and the Scene Classification Layer mask."""
+
+    def mask_from(self, values: np.ndarray, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """SCL class 0 is "no data" whatever ``classes`` says; the other listed classes are "cloud"."""
+        return values == 0, _cloud_lut(tuple(classes))[values]
+
+    def mask_note(self, classes: Sequence[int]) -> str | None:
+        return (
+            f"SCL classes {list(classes)} are invalid (SCL 0 is always no data); SCL is resampled from "
+            f"{self.mask_gsd_m:g} m with nearest neighbour."
+        )
+
     def offset_for(self, item: Any, harmonize: bool = True) -> tuple[int, str]:
         """(DN offset to add, what decided it) for a scene; ``item`` is a :class:`eo_jepa.stac.ItemInfo`.
 
-        Sentinel-2 L2A: ``-1000`` for processing baseline >= 04.00 (so every scene shares the
-        pre-04.00 scale), ``0`` before. The baseline comes from ``s2:processing_baseline``, else from
-        the product id (``s2:product_uri`` or the item id, ``_N0509_`` = 05.09), else from the
-        acquisition date (baseline 04.00 began on 2022-01-25); a provider that already removed the
-        offset (``earthsearch:boa_offset_applied: true``) gets ``0``. Other sensors: ``(0, "none")``.
+        ``-1000`` for processing baseline >= 04.00 (so every scene shares the pre-04.00 scale), ``0``
+        before. The baseline comes from ``s2:processing_baseline``, else from the product id
+        (``s2:product_uri`` or the item id, ``_N0509_`` = 05.09), else from the acquisition date
+        (baseline 04.00 began on 2022-01-25); a provider that already removed the offset
+        (``earthsearch:boa_offset_applied: true``) gets ``0``.
         """
-        if not self.boa_add_offset:
-            return 0, "none"
         if not harmonize:
             return 0, "harmonize=false"
         if getattr(item, "offset_applied", False):
@@ -145,12 +202,40 @@ class Sensor:
         when = str(getattr(item, "datetime", ""))[:10]
         return (S2_BOA_ADD_OFFSET if when >= S2_OFFSET_START else 0), "acquisition date"
 
+    def offset_fallback(self, item: Any, harmonize: bool = True) -> str | None:
+        offset, decided_by = self.offset_for(item, harmonize)
+        if decided_by in ("s2:product_uri", "item id", "acquisition date"):
+            return f"no s2:processing_baseline: offset {offset} decided by its {decided_by}"
+        return None
+
+    def harmonisation_note(self, harmonize: bool, applied: Sequence[dict[str, Any]]) -> str | None:
+        if not harmonize:
+            return "none (harmonize=false: scales of scenes before/after processing baseline 04.00 differ)"
+        shifted = [a for a in applied if a["offset"]]
+        kept = sum(a["chips"] for a in applied if not a["offset"])
+        if not shifted:
+            return f"no offset was applied to any chip ({kept} chips from scenes that needed none)"
+        by = "; ".join(f"{a['chips']} by {a['source']}" for a in shifted)
+        return (
+            f"{-shifted[0]['offset']} subtracted (then clipped at 0) from {sum(a['chips'] for a in shifted)} "
+            "chips of processing baseline >= 04.00 scenes, so all chips share the pre-04.00 scale (baseline "
+            f"decided {by}); {kept} chips needed no offset"
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _cloud_lut(classes: tuple[int, ...]) -> np.ndarray:
+    """Quality-mask value -> "cloud" (the listed classes but 0, which always means no data)."""
+    lut = np.zeros(256, dtype=bool)
+    lut[[c for c in classes if 0 < c < 256]] = True
+    return lut
+
 
 def _s2(name: str, label: str, wl: float, bw: float, gsd: float, es: str, desc: str) -> Band:
     return Band(name, label, wl, bw, gsd, {PLANETARY_COMPUTER: label, EARTH_SEARCH: es}, 1, desc)
 
 
-SENTINEL2_L2A = Sensor(
+SENTINEL2_L2A = Sentinel2L2A(
     name="sentinel-2-l2a",
     description="Sentinel-2 MSI Level-2A bottom-of-atmosphere reflectance (12 bands, 10/20/60 m).",
     bands=(
@@ -170,7 +255,6 @@ SENTINEL2_L2A = Sensor(
     collections={PLANETARY_COMPUTER: "sentinel-2-l2a", EARTH_SEARCH: "sentinel-2-l2a"},
     # Earth Search's collection 1 (offset not applied; the legacy collection flags what it did)
     more_collections={EARTH_SEARCH: ("sentinel-2-c1-l2a",)},
-    boa_add_offset=True,
     dtype="uint16",
     nodata=0,
     scale=1e-4,

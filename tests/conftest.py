@@ -54,6 +54,24 @@ def demo_scenes_tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def reference_chips(demo_scenes_tiny, tmp_path_factory):
+    """(store, BuildReport, cards folder) of the default demo chip build: ``demo_scenes_tiny`` built with
+    configs/chips/s2_5band_64_demo.yaml, serially and uninterrupted, its data card also copied to the
+    cards folder. The reference the chip tests compare their builds with, built once per session:
+    read it, never change it (copy it first, as tests that resume or damage a store do)."""
+    from pathlib import Path
+
+    from eo_jepa.chips import build_chips
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "chips" / "s2_5band_64_demo.yaml"
+    root = tmp_path_factory.mktemp("reference_chips") / "store"
+    cards = tmp_path_factory.mktemp("reference_cards")
+    scenes = demo_scenes_tiny
+    report = build_chips(scenes.aois_path, config, root, stac=str(scenes.items_path), card_dir=cards)
+    return root, report, cards
+
+
+@pytest.fixture(scope="session")
 def cog_http_url(demo_scenes_tiny):
     """Base URL of a Range-capable HTTP server on loopback serving ``demo_scenes_tiny.cog_dir``."""
     from eo_jepa.demo.servers import range_http_server

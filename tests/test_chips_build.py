@@ -41,12 +41,9 @@ def cfg(*overrides: str) -> ChipConfig:
 
 
 @pytest.fixture(scope="module")
-def reference(scenes, tmp_path_factory):
-    """One uninterrupted serial build from the demo ItemCollection (the reference for equality tests)."""
-    root = tmp_path_factory.mktemp("ref") / "store"
-    cards = tmp_path_factory.mktemp("cards")
-    report = build_chips(scenes.aois_path, cfg(), root, stac=str(scenes.items_path), card_dir=cards)
-    return root, report, cards
+def reference(reference_chips):
+    """The session's default demo build (tests/conftest.py): (store, report, cards); read-only."""
+    return reference_chips
 
 
 def load_store(root: Path) -> dict:
@@ -442,6 +439,36 @@ def test_kill_9_then_resume_is_identical(scenes, reference, tmp_path):
     before = (out / "index.parquet").read_bytes()
     again = build_chips(scenes.aois_path, cfg("task_size=1"), out, stac=str(scenes.items_path), resume=True)
     assert again.tasks_run == 0 and (out / "index.parquet").read_bytes() == before
+
+
+# A build of these inputs (configs/chips/s2_5band_64_demo.yaml over the tiny demo scenes, seed 0) written by
+# eo-jepa at commit 5d9a306, before plan.json and the journals were read through dataclasses, then cut
+# short as a kill would leave it: plan.json, task 0's journal and chunks; tasks 1-4 and the final files
+# never written. Its paths under the demo folder read "@DEMO@".
+OLD_BUILD = Path(__file__).parent / "data" / "chips_build_interrupted_5d9a306.tar.gz"
+
+
+def test_a_build_journalled_by_an_earlier_version_resumes_identically(scenes, reference, tmp_path):
+    import tarfile
+
+    from eo_jepa.chips.records import Plan, TaskJournal
+
+    out = tmp_path / "old"
+    with tarfile.open(OLD_BUILD) as tar:
+        tar.extractall(out, filter="data")
+    assert scenes.items_path.parent == scenes.root and scenes.cog_dir.parent == scenes.root
+    for path in (out / ".build").rglob("*.json"):
+        path.write_text(path.read_text().replace("@DEMO@", str(scenes.root)))
+    plan_text = (out / ".build" / "plan.json").read_text()
+    journal_text = (out / ".build" / "partials" / "task-000000.json").read_text()
+    # read and written back, the old files are the same JSON (same keys, values and key order)
+    assert json.dumps(Plan.from_dict(json.loads(plan_text)).to_dict()) == json.dumps(json.loads(plan_text))
+    assert json.dumps(TaskJournal.from_dict(json.loads(journal_text)).to_dict()) == json.dumps(
+        json.loads(journal_text)
+    )
+    report = build_chips(scenes.aois_path, cfg(), out, stac=str(scenes.items_path), resume=True)
+    assert (report.tasks, report.tasks_resumed) == (5, 1)
+    assert_same_store(reference[0], out)
 
 
 # --------------------------------------------------------------------------- parallel, HTTP, real API, CLI

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 
+from eo_jepa import bands
+from eo_jepa.bands import Sensor
+from eo_jepa.chips.config import ChipConfig
 from eo_jepa.chips.grid import Location
-from eo_jepa.chips.read import SourceCache, prefetch, read_to_grid
+from eo_jepa.chips.read import read_chip
+from eo_jepa.chips.sources import ReadError, SourceCache
 from eo_jepa.chips.stats import BandHistograms
 from eo_jepa.chips.store import ChipWriter, create_arrays, open_arrays
+from eo_jepa.chips.windows import prefetch, read_to_grid
+from eo_jepa.config import load_config
 from eo_jepa.stac import load_static_items
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "chips" / "s2_5band_64_demo.yaml"
 
 
 def _row_of_locations(item, size: int, gsd: float, n: int, *, row: int = 1) -> list[Location]:
@@ -47,7 +58,7 @@ def test_prefetched_windows_equal_chip_by_chip_reads(demo_scenes_tiny, size, gsd
     for key, alg in (("B04", resampling), ("B11", resampling), ("SCL", "nearest")):
         href = item.assets[key].href
         prefetch(cache, href, [1], alg, locs)
-        ds = cache.open(href)
+        ds = cache.open(href).dataset
         for loc in locs:
             window = cache.window(href, [1], alg, loc)
             want, covered = read_to_grid(ds, [1], loc, alg)
@@ -134,8 +145,6 @@ def test_sparse_partials_round_trip_and_old_list_form(tmp_path):
 def test_a_failed_source_is_not_served_from_its_prefetched_windows(demo_scenes_tiny):
     """Once a chip read of a source failed in a task, later chips of that task get the same error, as
     chip-by-chip reads did, even where a batched window of that source was read before the failure."""
-    from eo_jepa.chips.read import ReadError
-
     item = load_static_items(demo_scenes_tiny.items_path)[0]
     locs = _row_of_locations(item, 64, 10.0, 3)
     cache = SourceCache()
@@ -145,3 +154,43 @@ def test_a_failed_source_is_not_served_from_its_prefetched_windows(demo_scenes_t
     cache.fail(href, "cannot read B04: boom")
     with pytest.raises(ReadError, match="boom"):
         cache.window(href, [1], "bilinear", locs[1])
+
+
+def _window(href: str, loc: Location, resampling: str) -> np.ndarray:
+    with rasterio.open(href) as ds:
+        return read_to_grid(ds, [1], loc, resampling)[0][0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _BitFlagSensor(Sensor):
+    """A sensor with rules of its own, as Landsat's would be: bit 3 of the quality mask means cloud
+    (QA_PIXEL style, not SCL classes), and every scene's numbers carry an offset of +7."""
+
+    def mask_from(self, values: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray]:
+        return values == 0, (values & 0b1000) != 0
+
+    def offset_for(self, item, harmonize: bool = True) -> tuple[int, str]:
+        return 7, "a rule of this sensor"
+
+
+def test_a_new_sensor_is_its_bands_plus_one_class(demo_scenes_tiny, monkeypatch):
+    """The chip reader applies the sensor's own mask and offset rules, knowing no sensor by name: a
+    subclass of Sensor over the demo's assets gives chips masked and offset by its rules, checked
+    against the raw windows and the rules written out here."""
+    s2 = bands.SENTINEL2_L2A
+    toy = _BitFlagSensor(**{**{f.name: getattr(s2, f.name) for f in dataclasses.fields(Sensor)}, "name": "toy"})
+    monkeypatch.setitem(bands.SENSORS, "toy", toy)
+    cfg = load_config(ChipConfig, DEMO_CONFIG, ["sensor=toy"])
+    differs = 0
+    for item in load_static_items(demo_scenes_tiny.items_path):
+        for loc in _row_of_locations(item, 64, 10.0, 3)[:3]:
+            chip = read_chip(item, loc, cfg, SourceCache())
+            scl = _window(item.assets["SCL"].href, loc, "nearest")
+            raw = np.stack([_window(item.assets[s2.band(b).sensor_band].href, loc, cfg.resampling) for b in cfg.bands])
+            want_valid = (scl != 0) & (scl & 0b1000 == 0) & (raw != 0).all(axis=0)
+            assert np.array_equal(chip.valid, want_valid)
+            assert np.array_equal(chip.pixels, np.minimum(raw.astype(np.int64) + 7, 65535).astype(np.uint16))
+            assert (chip.offset, chip.offset_source) == (7, "a rule of this sensor")
+            s2_valid = ~np.isin(scl, cfg.mask_classes) & (raw != 0).all(axis=0)
+            differs += not np.array_equal(want_valid, s2_valid)
+    assert differs  # the two sensors' rules disagree on some of these chips: the test can tell them apart

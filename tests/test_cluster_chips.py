@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from test_chips_build import DEMO_CONFIG, assert_same_store
 
-from eo_jepa.chips import build_chips
 from eo_jepa.utils.proc import stop_process
 
 pytestmark = pytest.mark.timeout(180)
@@ -140,13 +139,9 @@ def _when_tasks_done(out: Path, proc: subprocess.Popen, n: int = 1) -> int:
 
 
 @pytest.fixture(scope="module")
-def local_build(demo_scenes_tiny, tmp_path_factory) -> Path:
-    """The reference: the same inputs built locally by one worker."""
-    root = tmp_path_factory.mktemp("local") / "store"
-    build_chips(
-        demo_scenes_tiny.aois_path, DEMO_CONFIG, root, stac=str(demo_scenes_tiny.items_path), workers=1
-    )
-    return root
+def local_build(reference_chips) -> Path:
+    """The reference: the same inputs built locally by one worker (the session's build, conftest.py)."""
+    return reference_chips[0]
 
 
 def _modes(root: Path) -> set[int]:

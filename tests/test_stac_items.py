@@ -89,7 +89,7 @@ def test_earth_search_collections_both_accepted_and_drops_counted(tmp_path, capl
     only_legacy = _cfg("earth-search", collection="sentinel-2-l2a")
     with caplog.at_level(logging.WARNING, logger="eo_jepa.chips.build"):
         plan = make_plan(aois, only_legacy, str(path))
-    assert plan["items_dropped_by_collection"] == {"sentinel-2-c1-l2a": 1}
+    assert plan.items_dropped_by_collection == {"sentinel-2-c1-l2a": 1}
     assert any("1 item(s)" in r.getMessage() and "stac.collection" in r.getMessage() for r in caplog.records)
     with pytest.raises(
         StacError, match=r"2 item\(s\) of other collections were left out \(sentinel-2-c1-l2a, sentinel"

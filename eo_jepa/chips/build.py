@@ -12,7 +12,7 @@ Tasks run inline (``workers=1``), in a local process or thread pool, or on a Das
 cluster (``scheduler="tcp://..."`` or a ``distributed.Client``); the same plan either way. A worker
 runs a batch of tasks with one chip writer thread, which writes, syncs and journals task k while task
 k+1 is read. Within a task, the windows of a row of adjacent chips are read in one windowed read
-(:func:`eo_jepa.chips.read.prefetch`; same pixels as chip-by-chip reads, far fewer GDAL calls).
+(:func:`eo_jepa.chips.windows.prefetch`; same pixels as chip-by-chip reads, far fewer GDAL calls).
 """
 
 from __future__ import annotations
@@ -33,22 +33,21 @@ from typing import Any
 
 from eo_jepa._version import __version__
 from eo_jepa.chips.aois import Aoi, load_aois
+from eo_jepa.chips.card import render_card
+from eo_jepa.chips.cluster import run_on_cluster
 from eo_jepa.chips.config import ChipConfig
 from eo_jepa.chips.grid import Anchor, Location, plan_locations, source_anchor
-from eo_jepa.chips.read import (
-    ChipRead,
+from eo_jepa.chips.read import ChipRead, asset_groups, cached_probe, read_chip
+from eo_jepa.chips.records import PLAN_FORMAT, ChipRecord, Plan, PlannedAoi, PlannedLocation, TaskJournal
+from eo_jepa.chips.sources import (
     ReadError,
     SourceCache,
-    asset_groups,
-    cached_probe,
     close_cached_datasets,
     enter_gdal_env,
     forget_checks,
     forget_down_hosts,
     host_of,
     http_options,
-    prefetch,
-    read_chip,
 )
 from eo_jepa.chips.stats import BandHistograms
 from eo_jepa.chips.store import (
@@ -60,7 +59,8 @@ from eo_jepa.chips.store import (
     ChipWriter,
     create_arrays,
 )
-from eo_jepa.config import from_dict, load_config, to_dict
+from eo_jepa.chips.windows import prefetch
+from eo_jepa.config import apply_overrides, from_dict, load_config, to_dict
 from eo_jepa.errors import ConfigError, DataError, StacError
 from eo_jepa.stac import ItemInfo, dropped_by_collection, is_api_url, open_client, search_items, sign_href
 from eo_jepa.utils.io import atomic_open, atomic_write_json, atomic_write_text
@@ -115,8 +115,6 @@ class BuildReport:
 def _load_config(config: ChipConfig | str | Path, overrides: Sequence[str]) -> ChipConfig:
     if isinstance(config, ChipConfig):
         if overrides:
-            from eo_jepa.config import apply_overrides
-
             return from_dict(ChipConfig, apply_overrides(to_dict(config), overrides))
         return config
     return load_config(ChipConfig, config, overrides)
@@ -171,7 +169,7 @@ def _anchors(found: dict[str, list[ItemInfo]], cfg: ChipConfig) -> dict[str, Anc
     return out
 
 
-def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, Any]:
+def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> Plan:
     """Search every AOI and lay out the grid; StacError when nothing is found (nothing written)."""
     import numpy as np
     import shapely
@@ -210,44 +208,43 @@ def make_plan(aois: Sequence[Aoi], cfg: ChipConfig, source: str) -> dict[str, An
     entries = []
     for k, loc in enumerate(locations):
         cands = [i.id for i in found[loc.aoi_id] if covers[i.id][k]]
-        entries.append({**loc.to_dict(), "candidates": cands[: cfg.max_candidates]})
-    used = sorted({c for e in entries for c in e["candidates"]})
+        grid = dataclasses.replace(loc, footprint=None)
+        entries.append(PlannedLocation(grid, loc.footprint.wkt, cands[: cfg.max_candidates]))
+    used = sorted({c for e in entries for c in e.candidates})
     for item_id in used:  # say when a fallback decided a scene's offset (recorded per chip as well)
-        offset, decided_by = cfg.sensor_info.offset_for(items[item_id], cfg.harmonize)
-        if decided_by in ("s2:product_uri", "item id", "acquisition date"):
-            log.info(
-                "item %s has no s2:processing_baseline: offset %d decided by its %s", item_id, offset, decided_by
+        note = cfg.sensor_info.offset_fallback(items[item_id], cfg.harmonize)
+        if note is not None:
+            log.info("item %s has %s", item_id, note)
+    return Plan(
+        format=PLAN_FORMAT,
+        eo_jepa_version=__version__,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        config=to_dict(cfg),
+        source=source,
+        collection=cfg.collection,
+        collections=list(cfg.collections),
+        items_dropped_by_collection=dropped,
+        aois=[
+            PlannedAoi(
+                aoi_id=a.aoi_id,
+                label=a.label,
+                split=a.split,
+                start=a.start,
+                end=a.end,
+                bbox=list(a.geometry.bounds),
+                geometry=mapping(a.geometry),
+                items_found=len(found[a.aoi_id]),
             )
-    return {
-        "format": 1,
-        "eo_jepa_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "config": to_dict(cfg),
-        "source": source,
-        "collection": cfg.collection,
-        "collections": list(cfg.collections),
-        "items_dropped_by_collection": dropped,
-        "aois": [
-            {
-                "aoi_id": a.aoi_id,
-                "label": a.label,
-                "split": a.split,
-                "start": a.start,
-                "end": a.end,
-                "bbox": list(a.geometry.bounds),
-                "geometry": mapping(a.geometry),
-                "items_found": len(found[a.aoi_id]),
-            }
             for a in aois
         ],
-        "items": {i: items[i].to_dict() for i in used},
-        "locations": entries,
-    }
+        items={i: items[i] for i in used},
+        locations=entries,
+    )
 
 
-def _tasks(plan: dict[str, Any]) -> list[list[int]]:
-    size = plan["config"]["task_size"]
-    n = len(plan["locations"])
+def _tasks(plan: Plan) -> list[list[int]]:
+    size = plan.config["task_size"]
+    n = len(plan.locations)
     return [list(range(s, min(s + size, n))) for s in range(0, n, size)]
 
 
@@ -338,7 +335,7 @@ def _prefetch(
     in the same order, so the results and the errors reported are those of chip-by-chip reads.
     """
     sensor, provider = cfg.sensor_info, cfg.stac.provider
-    mask_key = sensor.mask_asset.get(provider)
+    mask_key = sensor.mask_key(provider)
     groups = [(key, idx, cfg.resampling) for key, idx, _ in asset_groups(sensor, cfg.bands, provider)]
 
     def fetch(item_id: str, where: list[Location], assets: list[tuple[str, list[int], str]]) -> None:
@@ -373,7 +370,6 @@ def _prefetch(
 
 # Per process: parsed task configs by their JSON text (``from_dict`` validates: ~2 ms a call).
 _CONFIGS: dict[str, ChipConfig] = {}
-_LOCATION_FIELDS = tuple(f.name for f in dataclasses.fields(Location) if f.name != "footprint")
 
 
 def _task_config(data: dict[str, Any]) -> ChipConfig:
@@ -386,14 +382,36 @@ def _task_config(data: dict[str, Any]) -> ChipConfig:
     return cfg
 
 
-def run_task(spec: dict[str, Any]) -> dict[str, Any]:
+@dataclass
+class TaskSpec:
+    """One task of a plan, as shipped to whoever runs it (picklable: local pools and Dask workers)."""
+
+    root: str  # the store, absolute: workers may run in another folder (or on another host)
+    task_id: int
+    config: dict[str, Any]  # the plan's ChipConfig as a dict
+    locations: list[tuple[int, PlannedLocation]]  # (index in the plan, location)
+    items: dict[str, ItemInfo]  # the candidate scenes of these locations
+    fsync: bool = True
+
+
+@dataclass
+class TaskResult:
+    """What a finished (journalled) task tells the driver."""
+
+    task_id: int
+    chips: int
+    ok: int
+    skipped: dict[str, str]  # item id -> why
+    transient: int  # chips left for --resume
+    transient_hosts: dict[str, str]  # host -> a failure message
+
+
+def run_task(spec: TaskSpec) -> TaskResult:
     """Build the chips of one task and journal it. Picklable entry point for pools and Dask."""
     return run_tasks([spec])[0]
 
 
-def run_tasks(
-    specs: list[dict[str, Any]], on_done: Callable[[dict[str, Any]], None] | None = None
-) -> list[dict[str, Any]]:
+def run_tasks(specs: list[TaskSpec], on_done: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
     """Build the chips of several tasks of one store in turn, journalling each. Picklable entry point.
 
     One chip writer serves them all: while task k+1 is read, the writer thread encodes and writes the
@@ -403,12 +421,12 @@ def run_tasks(
     """
     if not specs:
         return []
-    writer = ChipWriter(Path(specs[0]["root"]), fsync=specs[0].get("fsync", True))
-    stac = specs[0]["config"]["stac"]
+    writer = ChipWriter(Path(specs[0].root), fsync=specs[0].fsync)
+    stac = specs[0].config["stac"]
     # stays entered in this thread/worker: keeps GDAL's block cache warm across tasks
     enter_gdal_env(http_options(stac["timeout_s"], stac["retries"], stac["backoff_s"]))
     forget_checks()  # reused handles: files replaced since an earlier build are noticed
-    results: list[dict[str, Any]] = []
+    results: list[TaskResult] = []
     commits: list[Any] = []
 
     def collect(block: bool) -> None:
@@ -420,7 +438,7 @@ def run_tasks(
     try:
         for spec in specs:
             journal = _build_task(spec, writer)
-            commits.append(writer.commit(partial(_write_journal, Path(spec["root"]), journal)))
+            commits.append(writer.commit(partial(_write_journal, Path(spec.root), journal)))
             while len(commits) > 2:  # bound the chips held in memory for the writer
                 commits[0].result()
                 collect(block=False)
@@ -431,28 +449,27 @@ def run_tasks(
     return results
 
 
-def _write_journal(root: Path, journal: dict[str, Any]) -> dict[str, Any]:
+def _write_journal(root: Path, journal: TaskJournal) -> TaskResult:
     """The task's journal entry (its chunks are durable already); the task's result for the driver.
 
     A task with chips that failed transiently is journalled as ``task-N.retry.json``: finalize uses
     it (those chips count as failed transiently), but it is not "done", so ``--resume`` runs it again.
     """
-    task_id = journal["task_id"]
-    done, retry = _journal_path(root, task_id), _retry_path(root, task_id)
-    if journal["transient"]:
-        atomic_write_json(retry, journal, indent=None)
+    done, retry = _journal_path(root, journal.task_id), _retry_path(root, journal.task_id)
+    if journal.transient:
+        atomic_write_json(retry, journal.to_dict(), indent=None)
     else:
-        atomic_write_json(done, journal, indent=None)
+        atomic_write_json(done, journal.to_dict(), indent=None)
         retry.unlink(missing_ok=True)
-    records = journal["records"]
-    return {
-        "task_id": task_id,
-        "chips": len(records),
-        "ok": sum(r["status"] == "ok" for r in records),
-        "skipped": journal["skipped"],
-        "transient": sum(r["status"] == TRANSIENT for r in records),
-        "transient_hosts": {_host_or_file(m): m for m in journal["transient"].values()},
-    }
+    records = journal.records
+    return TaskResult(
+        task_id=journal.task_id,
+        chips=len(records),
+        ok=sum(r.status == "ok" for r in records),
+        skipped=journal.skipped,
+        transient=sum(r.status == TRANSIENT for r in records),
+        transient_hosts={_host_or_file(m): m for m in journal.transient.values()},
+    )
 
 
 def _host_or_file(message: str) -> str:
@@ -461,108 +478,64 @@ def _host_or_file(message: str) -> str:
     return host_of(href) or "local files"
 
 
-def _build_task(spec: dict[str, Any], writer: ChipWriter) -> dict[str, Any]:
+def _build_task(spec: TaskSpec, writer: ChipWriter) -> TaskJournal:
     """Read, mask and harmonise the chips of one task, hand them to ``writer``; the journal entry."""
-    cfg = _task_config(spec["config"])
-    items = {k: ItemInfo.from_dict(v) for k, v in spec["items"].items()}
+    cfg = _task_config(spec.config)
+    items = spec.items
     hist = BandHistograms(cfg.band_names, cfg.sensor_info.dtype)
-    records: list[dict[str, Any]] = []
+    records: list[ChipRecord] = []
     skipped: dict[str, str] = {}
     transient: dict[str, str] = {}
     sign = partial(sign_href, timeout_s=cfg.stac.sign_timeout_s) if cfg.stac.sign == "auto" else None
     dpl = cfg.dates_per_location
     cache = SourceCache(sign)
-    # the footprint stays the plan's WKT text: what ``footprint.wkt`` gave when the plan was written
-    locs = [(Location(**{k: e[k] for k in _LOCATION_FIELDS}, footprint=None), e) for e in spec["locations"]]
     try:
-        probes = _prefetch([(loc, e["candidates"]) for loc, e in locs], items, cfg, cache)
-        for loc, entry in locs:
-            chosen = _choose(loc, entry["candidates"], items, cfg, cache, skipped, probes, transient)
-            retry = [transient[c] for c in entry["candidates"] if c in transient]
+        probes = _prefetch([(e.location, e.candidates) for _, e in spec.locations], items, cfg, cache)
+        for index, entry in spec.locations:
+            loc = entry.location
+            chosen = _choose(loc, entry.candidates, items, cfg, cache, skipped, probes, transient)
+            retry = [transient[c] for c in entry.candidates if c in transient]
             for slot in range(dpl):
-                row = entry["index"] * dpl + slot
-                rec = _record(loc, slot, entry["footprint"])
+                row = index * dpl + slot
+                # the footprint stays the plan's WKT text: what ``footprint.wkt`` gave when it was planned
+                rec = ChipRecord.unfilled(loc, slot, entry.footprint)
                 if retry:  # the choice could differ once the scene reads: nothing kept, retried on --resume
-                    rec.update(status=TRANSIENT, reason=f"transient read failure: {retry[0]}")
+                    rec.status, rec.reason = TRANSIENT, f"transient read failure: {retry[0]}"
                 elif slot < len(chosen):
                     chip = chosen[slot]
                     assert chip.pixels is not None
-                    reason = _passes(cfg, chip.cloud_fraction, chip.nodata_fraction)
-                    rec.update(
-                        datetime=chip.datetime,
-                        item_ids=[chip.item_id],
-                        hrefs=chip.hrefs,
-                        cloud_fraction=chip.cloud_fraction,
-                        nodata_fraction=chip.nodata_fraction,
-                        offset=chip.offset,
-                        offset_source=chip.offset_source,
-                        warped=chip.warped,
-                    )
-                    if reason is None:
+                    rec.read_from(chip)
+                    rec.reason = _passes(cfg, chip.cloud_fraction, chip.nodata_fraction)
+                    if rec.reason is None:
                         writer.write(row, chip.pixels, chip.valid)
                         hist.update(chip.pixels, chip.valid)
-                        rec.update(row=row, status="ok", reason=None)
-                    else:
-                        rec.update(reason=reason)
-                elif not entry["candidates"]:
-                    rec["reason"] = "no scene covers this location in the date range"
-                elif not chosen and all(c in skipped for c in entry["candidates"]):
-                    rec["reason"] = "every candidate scene failed to read"
+                        rec.row, rec.status = row, "ok"
+                elif not entry.candidates:
+                    rec.reason = "no scene covers this location in the date range"
+                elif not chosen and all(c in skipped for c in entry.candidates):
+                    rec.reason = "every candidate scene failed to read"
                 else:
-                    rec["reason"] = f"only {len(chosen)} usable scene(s) for {dpl} dates per location"
+                    rec.reason = f"only {len(chosen)} usable scene(s) for {dpl} dates per location"
                 records.append(rec)
     finally:
         cache.close()
-    return {
-        "task_id": spec["task_id"],
-        "records": records,
-        "skipped": skipped,
-        "transient": transient,
-        "stats": hist.to_sparse(),
-    }
-
-
-def _record(loc: Location, slot: int, footprint_wkt: str) -> dict[str, Any]:
-    return {
-        "chip_id": f"{loc.location_id}_{slot}",
-        "row": -1,
-        "location_id": loc.location_id,
-        "slot": slot,
-        "aoi_id": loc.aoi_id,
-        "split": loc.split,
-        "label": loc.label,
-        "datetime": None,
-        "crs": f"EPSG:{loc.epsg}",
-        "transform": list(loc.transform),
-        "geometry": footprint_wkt,
-        "item_ids": [],
-        "hrefs": [],
-        "cloud_fraction": None,
-        "nodata_fraction": None,
-        "offset": 0,
-        "offset_source": None,
-        "warped": False,
-        "status": "rejected",
-        "reason": None,
-    }
+    return TaskJournal(spec.task_id, records, skipped, transient, hist.to_sparse())
 
 
 # --------------------------------------------------------------------------- driver
 
 
-def _task_spec(
-    root: Path, plan: dict[str, Any], task_id: int, members: list[int], fsync: bool
-) -> dict[str, Any]:
-    locs = [{**plan["locations"][i], "index": i} for i in members]
-    ids = {c for e in locs for c in e["candidates"]}
-    return {
-        "root": str(root.absolute()),  # workers may run in another folder (or on another host)
-        "task_id": task_id,
-        "config": plan["config"],
-        "locations": locs,
-        "items": {i: plan["items"][i] for i in sorted(ids)},
-        "fsync": fsync,
-    }
+def _task_spec(root: Path, plan: Plan, task_id: int, members: list[int], fsync: bool) -> TaskSpec:
+    locs = [(i, plan.locations[i]) for i in members]
+    ids = {c for _, e in locs for c in e.candidates}
+    return TaskSpec(
+        root=str(root.absolute()),
+        task_id=task_id,
+        config=plan.config,
+        locations=locs,
+        items={i: plan.items[i] for i in sorted(ids)},
+        fsync=fsync,
+    )
 
 
 def _process_context() -> Any:
@@ -573,11 +546,11 @@ def _process_context() -> Any:
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["eo_jepa.chips.build", "eo_jepa.chips.read", "zarr", "rasterio"])
+    ctx.set_forkserver_preload(["eo_jepa.chips.build", "zarr", "rasterio"])
     return ctx
 
 
-def _batches(specs: list[dict[str, Any]], workers: int) -> list[list[dict[str, Any]]]:
+def _batches(specs: list[TaskSpec], workers: int) -> list[list[TaskSpec]]:
     """Batches of tasks for :func:`run_tasks`, in submission order: ``workers`` stripes interleaved.
 
     Each worker takes a contiguous run of tasks: neighbouring tasks read the same COG blocks, and a
@@ -596,19 +569,17 @@ def _batches(specs: list[dict[str, Any]], workers: int) -> list[list[dict[str, A
 
 
 def _execute(
-    specs: list[dict[str, Any]],
+    specs: list[TaskSpec],
     *,
     workers: int,
     scheduler: Any,
     executor: str,
-    on_done: Callable[[dict[str, Any]], None],
+    on_done: Callable[[TaskResult], None],
 ) -> None:
     if not specs:
         return
     if scheduler is not None:
-        from eo_jepa.chips.cluster import run_on_cluster
-
-        run_on_cluster(run_tasks, _batches(specs, max(1, workers)), scheduler, specs[0]["root"], on_done)
+        run_on_cluster(run_tasks, _batches(specs, max(1, workers)), scheduler, specs[0].root, on_done)
         return
     if workers <= 1:
         run_tasks(specs, on_done)
@@ -660,8 +631,8 @@ def build_chips(
         removed = remove_temp_files(root)
         if removed:
             log.info("removed %d temporary file(s) an interrupted build left in %s", removed, root)
-        plan = json.loads(plan_path.read_text())
-        if plan["config"] != to_dict(cfg):
+        plan = Plan.from_dict(json.loads(plan_path.read_text()))
+        if plan.config != to_dict(cfg):
             raise ConfigError(
                 f"The config differs from the one the interrupted build in {str(root)!r} started with; "
                 "resume with the same config, or build into a new --out."
@@ -683,17 +654,17 @@ def build_chips(
         aoi_list = aoi_list or load_aois(aois, cfg.aoi)
         check_writable(root)  # before the search: a bad --out must not cost a STAC search first
         plan = make_plan(aoi_list, cfg, stac or cfg.stac.url)
-        n_rows = len(plan["locations"]) * cfg.dates_per_location
+        n_rows = len(plan.locations) * cfg.dates_per_location
         create_arrays(root, n_rows, len(cfg.bands), cfg.chip_size, cfg.sensor_info.dtype)
         (root / BUILD_DIR / PARTIALS).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(plan_path, plan, indent=None)  # written last: plan present => arrays exist
+        atomic_write_json(plan_path, plan.to_dict(), indent=None)  # written last: plan present => arrays exist
 
     tasks = _tasks(plan)
     forget_down_hosts()  # inline/thread workers share this process: a host down last time may be back
-    dpl = plan["config"]["dates_per_location"]
+    dpl = plan.config["dates_per_location"]
     pending = [t for t, _ in enumerate(tasks) if not _journal_path(root, t).is_file()]  # retry ones too
     done_chips = sum(len(m) for t, m in enumerate(tasks) if t not in set(pending)) * dpl
-    total = len(plan["locations"]) * dpl
+    total = len(plan.locations) * dpl
     specs = [_task_spec(root, plan, t, tasks[t], fsync) for t in pending]
     log.info(
         "%d task(s) to run, %d already done; %d chips planned", len(pending), len(tasks) - len(pending), total
@@ -706,11 +677,11 @@ def build_chips(
     ) as bar:
         said: set[str] = set()
 
-        def on_done(result: dict[str, Any]) -> None:
-            bar.update(result["chips"])
-            for item_id, why in result["skipped"].items():
+        def on_done(result: TaskResult) -> None:
+            bar.update(result.chips)
+            for item_id, why in result.skipped.items():
                 log.warning("skipped item %s: %s", item_id, why)
-            for host, why in result.get("transient_hosts", {}).items():
+            for host, why in result.transient_hosts.items():
                 if host not in said:  # once per host, not once per task
                     said.add(host)
                     log.warning(
@@ -769,19 +740,17 @@ def check_writable(root: Path) -> None:
                 folder.rmdir()
 
 
-def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = None) -> BuildReport:
+def finalize(root: Path, plan: Plan, *, card_dir: str | Path | None = None) -> BuildReport:
     """Assemble index, stats, card and dataset.json from the task partials (atomic writes, plan order)."""
     import geopandas as gpd
     import pandas as pd
     from shapely import wkt
 
-    from eo_jepa.chips.card import render_card
-
-    cfg = from_dict(ChipConfig, plan["config"])
+    cfg = from_dict(ChipConfig, plan.config)
     sensor = cfg.sensor_info
     bands = cfg.band_names
     hist = BandHistograms(bands, sensor.dtype)
-    records: list[dict[str, Any]] = []
+    records: list[ChipRecord] = []
     skipped: dict[str, str] = {}
     transient: dict[str, str] = {}
     for task_id in range(len(_tasks(plan))):
@@ -792,16 +761,16 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
             raise DataError(
                 f"Task {task_id} of {str(root)!r} has not finished; rerun the build with --resume."
             )
-        part = json.loads(journal.read_text())
-        records.extend(part["records"])
-        for k, v in part["skipped"].items():
+        part = TaskJournal.from_dict(json.loads(journal.read_text()))
+        records.extend(part.records)
+        for k, v in part.skipped.items():
             skipped.setdefault(k, v)
-        for v in part.get("transient", {}).values():
+        for v in part.transient.values():
             transient.setdefault(_host_or_file(v), v)
-        hist.merge_sparse(part["stats"])
+        hist.merge_sparse(part.stats)
     _check_usable(root, records, skipped, transient)
 
-    frame = pd.DataFrame.from_records(records)
+    frame = pd.DataFrame.from_records([r.to_dict() for r in records])
     frame["datetime"] = pd.to_datetime(frame["datetime"], utc=True, format="ISO8601")
     frame["label"] = frame["label"].astype("string")
     frame["reason"] = frame["reason"].astype("string")
@@ -825,10 +794,10 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
         "ok": len(ok),
         "rejected": len(index) - len(ok) - n_transient,
         "failed_transiently": n_transient,
-        "locations": len(plan["locations"]),
+        "locations": len(plan.locations),
         "ok_by_split": {s: int((ok["split"] == s).sum()) for s in ("train", "val", "test")},
         "rejected_by_reason": {str(k): int(v) for k, v in reasons.items()},
-        "items": len(plan["items"]),
+        "items": len(plan.items),
         "items_skipped": len(skipped),
     }
     offsets = ok.groupby(["offset", "offset_source"], dropna=False).size() if len(ok) else {}
@@ -844,17 +813,17 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
         "dtype": sensor.dtype,
         "units": sensor.units,
         "counts": counts,
-        "config": plan["config"],
-        "source": plan["source"],
-        "collection": plan["collection"],
+        "config": plan.config,
+        "source": plan.source,
+        "collection": plan.collection,
         "skipped_items": skipped,
         # the offsets actually applied to the ok chips, and what decided them (Sensor.offset_for)
         "harmonisation": harmonisation,
         # chips with a band reprojected/resampled onto the chip grid (not exact source pixels)
         "grid": {"snap": cfg.grid.snap, "warped_chips": int(ok["warped"].sum()) if len(ok) else 0},
-        "items_dropped_by_collection": plan.get("items_dropped_by_collection", {}),
-        "eo_jepa_version": plan["eo_jepa_version"],
-        "created": plan["created"],
+        "items_dropped_by_collection": plan.items_dropped_by_collection,
+        "eo_jepa_version": plan.eo_jepa_version,
+        "created": plan.created,
     }
     card = render_card(dataset, stats, plan)
     atomic_write_text(root / CARD_NAME, card)
@@ -878,19 +847,19 @@ def finalize(root: Path, plan: dict[str, Any], *, card_dir: str | Path | None = 
 
 
 def _check_usable(
-    root: Path, records: list[dict[str, Any]], skipped: dict[str, str], transient: dict[str, str]
+    root: Path, records: list[ChipRecord], skipped: dict[str, str], transient: dict[str, str]
 ) -> None:
     """DataError (one sentence: the per-reason counts, an example failure) when no chip is usable;
     raised before the index, stats or ``dataset.json`` are written, so nothing looks finished."""
-    if any(r["status"] == "ok" for r in records):
+    if any(r.status == "ok" for r in records):
         return
     import re
     from collections import Counter
 
     reasons = Counter(
         "failed transiently"
-        if r["status"] == TRANSIENT
-        else re.sub(r"\s[\d.]+ > ", " > ", r["reason"] or "unknown")
+        if r.status == TRANSIENT
+        else re.sub(r"\s[\d.]+ > ", " > ", r.reason or "unknown")
         for r in records
     )
     causes = ", ".join(f"{n} x {why}" for why, n in reasons.most_common())

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from eo_jepa.bands import Sensor, get_sensor
+from eo_jepa.chips.records import Plan
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "data_cards" / "TEMPLATE.md"
 _FALLBACK = "---\n{{front_matter}}\n---\n\n# Data card: {{name}}\n\n{{aois_table}}\n\n{{stats_table}}\n"
@@ -25,32 +26,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _harmonisation(cfg: dict[str, Any], applied: list[dict[str, Any]]) -> str:
-    """What was done to the chips' digital numbers: only offsets that were applied, with their source."""
-    if not cfg["harmonize"]:
-        return "none (harmonize=false: scales of scenes before/after processing baseline 04.00 differ)"
-    shifted = [a for a in applied if a["offset"]]
-    kept = sum(a["chips"] for a in applied if not a["offset"])
-    if not shifted:
-        return f"no offset was applied to any chip ({kept} chips from scenes that needed none)"
-    by = "; ".join(f"{a['chips']} by {a['source']}" for a in shifted)
-    return (
-        f"{-shifted[0]['offset']} subtracted (then clipped at 0) from {sum(a['chips'] for a in shifted)} chips "
-        f"of processing baseline >= 04.00 scenes, so all chips share the pre-04.00 scale (baseline decided {by}); "
-        f"{kept} chips needed no offset"
-    )
-
-
 def _processing(cfg: dict[str, Any], sensor: Sensor, applied: list[dict[str, Any]] | None) -> str:
     lines = []
-    if sensor.boa_add_offset:
-        lines.append(f"- Harmonisation: {_harmonisation(cfg, applied or [])}.")
-    if sensor.mask_asset:
-        lines += [
-            f"- Mask: SCL classes {cfg['mask_classes']} are invalid (SCL 0 is always no data); SCL is "
-            "resampled from 20 m with nearest neighbour.",
-            f"- Bands coarser than the chip grid resampled with `{cfg['resampling']}`.",
-        ]
+    harmonisation = sensor.harmonisation_note(cfg["harmonize"], applied or [])
+    if harmonisation is not None:
+        lines.append(f"- Harmonisation: {harmonisation}.")
+    mask = sensor.mask_note(cfg["mask_classes"])
+    if mask is not None:
+        lines.append(f"- Mask: {mask}")
+    if sensor.multi_resolution:
+        lines.append(f"- Bands coarser than the chip grid resampled with `{cfg['resampling']}`.")
     lines += [
         f"- Scene choice: per location the {cfg['dates_per_location']} clearest of up to "
         f"{cfg['max_candidates']} candidate scenes (lowest masked fraction).",
@@ -77,7 +62,7 @@ def _grid_line(grid: dict[str, Any] | None, ok: int, resampling: str) -> str:
     )
 
 
-def render_card(dataset: dict[str, Any], stats: dict[str, Any], plan: dict[str, Any]) -> str:
+def render_card(dataset: dict[str, Any], stats: dict[str, Any], plan: Plan) -> str:
     cfg = dataset["config"]
     sensor = get_sensor(dataset["sensor"])
     counts = dataset["counts"]
@@ -101,8 +86,8 @@ def render_card(dataset: dict[str, Any], stats: dict[str, Any], plan: dict[str, 
             "provider": cfg["stac"]["provider"],
         },
         "aois": [
-            {k: a[k] for k in ("aoi_id", "label", "split", "start", "end", "bbox", "items_found")}
-            for a in plan["aois"]
+            {k: getattr(a, k) for k in ("aoi_id", "label", "split", "start", "end", "bbox", "items_found")}
+            for a in plan.aois
         ],
         "counts": counts,
         "harmonisation": dataset.get("harmonisation", []),
@@ -110,11 +95,10 @@ def render_card(dataset: dict[str, Any], stats: dict[str, Any], plan: dict[str, 
         "stats": {b: {k: v for k, v in s.items()} for b, s in stats["bands"].items()},
     }
     aoi_rows = ["| aoi_id | label | split | dates | bbox (lon/lat) | items |", "|---|---|---|---|---|---|"]
-    for a in plan["aois"]:
-        bbox = ", ".join(f"{v:.4f}" for v in a["bbox"])
+    for a in plan.aois:
+        bbox = ", ".join(f"{v:.4f}" for v in a.bbox)
         aoi_rows.append(
-            f"| {a['aoi_id']} | {a['label'] or ''} | {a['split']} | {a['start']} to {a['end']} | {bbox} | "
-            f"{a['items_found']} |"
+            f"| {a.aoi_id} | {a.label or ''} | {a.split} | {a.start} to {a.end} | {bbox} | {a.items_found} |"
         )
     keys = ("count", "mean", "std", "min", "max", "p1", "p2", "p98", "p99")
     stat_rows = ["| band | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]

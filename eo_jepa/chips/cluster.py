@@ -36,7 +36,7 @@ def connect(scheduler: Any) -> Any:
 
 
 def run_on_cluster(
-    fn: Callable[[Any], list[dict[str, Any]]],
+    fn: Callable[[Any], list[Any]],
     batches: Sequence[Any],
     scheduler: Any,
     root: str,
