@@ -8,12 +8,28 @@ vote wins.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from eo_jepa.config import Config, bounded
+
 DEFAULT_K = 20
 DEFAULT_TEMPERATURE = 0.07
+
+
+@dataclass
+class KnnProbeConfig(Config):
+    """The kNN vote's two knobs, range-checked like every config (``eval knn --k / --temperature``)."""
+
+    section: ClassVar[str] = "knn"
+
+    k: int = bounded(DEFAULT_K, ge=1)
+    # Votes are exp(cos / T) in float32, which overflows for 1 / T > 88.7 (T < 0.0113): from 0.02 up.
+    temperature: float = bounded(DEFAULT_TEMPERATURE, ge=0.02)
 
 
 @torch.inference_mode()
