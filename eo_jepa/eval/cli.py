@@ -42,6 +42,8 @@ BANDS = typer.Option(
     "and select channels of chip stores and named TIFFs; an unknown or absent band is an error.",
 )
 OUT_JSON = typer.Option(None, "--out", help="Also write the results as JSON here.")
+WINDOW = typer.Option(None, "--window", help="Sliding-window size in px (default: the model's img_size).")
+WINDOW_BATCH = typer.Option(16, "--batch-size", help="Windows per batch.")
 WORKERS = typer.Option(0, "--workers", help="Processes reading images in parallel (0: in the main process).")
 
 
@@ -67,6 +69,11 @@ def _shots(text: str) -> list[int | None]:
 
 def _bands(text: str | None) -> list[str] | None:
     return text.split(",") if text else None
+
+
+def _echo_outputs(result: Any) -> None:
+    """A result dataclass of written files and figures as one JSON line (paths as strings)."""
+    typer.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}))
 
 
 def _load(model: str, device: str | None, norm: str | None = None) -> Any:
@@ -322,7 +329,7 @@ def dense_cmd(
     test_fraction: float = TEST_FRACTION,
     split_seed: int = SPLIT_SEED,
     bands: str = BANDS,
-    batch_size: int = typer.Option(16, "--batch-size", help="Windows per batch."),
+    batch_size: int = WINDOW_BATCH,
     device: str = DEVICE,
     norm: str = NORM,
     bf16: bool = BF16,
@@ -429,13 +436,11 @@ def pca_cmd(
         None, "--geotiff", help="PCA GeoTIFF path for raster input (default OUT.tif)."
     ),
     features: Path = typer.Option(None, "--features", help="Also write the full feature map as a GeoTIFF."),
-    window: int = typer.Option(
-        None, "--window", help="Sliding-window size in px (default: the model's img_size)."
-    ),
+    window: int = WINDOW,
     stride: int = typer.Option(
         None, "--stride", help="Window step in px (default: the window; smaller averages)."
     ),
-    batch_size: int = typer.Option(16, "--batch-size", help="Windows per batch."),
+    batch_size: int = WINDOW_BATCH,
     device: str = DEVICE,
     norm: str = NORM,
     bf16: bool = BF16,
@@ -456,7 +461,7 @@ def pca_cmd(
         device=device,
         bf16=bf16,
     )
-    typer.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(res).items()}))
+    _echo_outputs(res)
 
 
 def change_cmd(
@@ -465,11 +470,9 @@ def change_cmd(
     after: Path = typer.Option(..., "--after", help="GeoTIFF of the second date (same grid)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output GeoTIFF of per-patch cosine distance."),
     png: Path = typer.Option(None, "--png", help="PNG preview path (default OUT.png)."),
-    window: int = typer.Option(
-        None, "--window", help="Sliding-window size in px (default: the model's img_size)."
-    ),
+    window: int = WINDOW,
     stride: int = typer.Option(None, "--stride", help="Window step in px."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Windows per batch."),
+    batch_size: int = WINDOW_BATCH,
     device: str = DEVICE,
     norm: str = NORM,
     bf16: bool = BF16,
@@ -490,7 +493,7 @@ def change_cmd(
         device=device,
         bf16=bf16,
     )
-    typer.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(res).items()}))
+    _echo_outputs(res)
 
 
 def register(app: typer.Typer) -> None:
