@@ -164,11 +164,12 @@ def probe_command(command: Callable[..., None]) -> Callable[..., None]:
     hints = get_type_hints(command)
     own = [p for p in signature.parameters.values() if p.name != "opts"]
     names = [f.name for f in fields(ProbeOptions)]
+    types = get_type_hints(ProbeOptions)
     shared = [
         inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.metadata["option"], annotation=ftype
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.metadata["option"], annotation=types[f.name]
         )
-        for f, ftype in zip(fields(ProbeOptions), get_type_hints(ProbeOptions).values(), strict=True)
+        for f in fields(ProbeOptions)
     ]
 
     @functools.wraps(command)
