@@ -43,7 +43,11 @@ def knn_predict(
     num_classes: int | None = None,
     chunk: int = 1024,
 ) -> np.ndarray:
-    """Predicted class indices (int64) for ``test_x`` given integer labels ``train_y`` (0..C-1)."""
+    """Predicted class indices (int64) for ``test_x`` given integer labels ``train_y`` (0..C-1).
+
+    ``k`` and ``temperature`` outside :class:`KnnProbeConfig`'s ranges are a :class:`ConfigError`.
+    """
+    KnnProbeConfig(k=k, temperature=temperature)  # range checks
     if len(train_x) == 0:
         raise ValueError("kNN needs at least one training sample")
     train = F.normalize(torch.as_tensor(np.asarray(train_x, dtype=np.float32)), dim=1)
