@@ -421,6 +421,19 @@ CASES: list[Case] = [
     ("eval-unknown-model", "pinned", lambda w, t: _knn("no-such-model", w), "no-such-model"),
     ("eval-shots", "pinned", lambda w, t: [*_knn(w["model"], w), "--shots", "abc"], "'abc'"),
     ("eval-seeds", "pinned", lambda w, t: [*_knn(w["model"], w), "--seeds", "x,y"], "--seeds"),
+    ("eval-knn-k-0", "accepted", lambda w, t: [*_knn(w["model"], w), "--k", "0"], "'knn.k'"),
+    (
+        "eval-knn-temperature-0",
+        "accepted",
+        lambda w, t: [*_knn(w["model"], w), "--temperature", "0"],
+        "'knn.temperature'",
+    ),
+    (
+        "eval-knn-temperature-nan",
+        "accepted",
+        lambda w, t: [*_knn(w["model"], w), "--temperature", "nan"],
+        "'knn.temperature'",
+    ),
     (
         "eval-linear-epochs-0",
         "traceback",

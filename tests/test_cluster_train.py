@@ -21,7 +21,7 @@ from train_data import make_chip_store
 from eo_jepa.cli import main
 from eo_jepa.train.checkpointing import DIGESTS, load_state
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.e2e]
 
 STEPS, MID = 8, 4  # runs of 8 steps; step_0000004.pt is where rank-changing resumes start
 RUN = [f"max_steps={STEPS}", "checkpoint.every=2", f"checkpoint.keep_every={MID}", "log.tensorboard=false"]

@@ -4,6 +4,7 @@ on generated image folders, generated rasters and a chip store built from the de
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import geopandas as gpd
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from eo_jepa.cli import app, main
+from eo_jepa.errors import ConfigError
 from eo_jepa.eval.datasets import open_labelled, stratified_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,8 +61,6 @@ def train_tiny_encoder(out_dir, steps: int = 8, seed: int = 0, batch: int = 16):
     return save_encoder(enc, out_dir, provenance={"run": "test_eval_cli"})
 
 
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return train_tiny_encoder(tmp_path_factory.mktemp("model") / "tiny")
@@ -83,12 +83,15 @@ def chip_store(tmp_path_factory):
     return root / "chips"
 
 
-def test_knn_cli_matches_sklearn_on_independent_features(model_dir, tif_folder, tmp_path):
+@pytest.mark.parametrize(("k", "temperature"), [(None, None), (3, 0.5)])
+def test_knn_cli_matches_sklearn_on_independent_features(model_dir, tif_folder, tmp_path, k, temperature):
+    """The defaults (k=20, T=0.07), and other --k / --temperature values reaching the vote."""
     from sklearn.neighbors import KNeighborsClassifier
 
     from eo_jepa.models import load_encoder
 
     out = tmp_path / "knn.json"
+    knobs = [] if k is None else ["--k", str(k), "--temperature", str(temperature)]
     text = invoke(
         "eval",
         "knn",
@@ -102,6 +105,7 @@ def test_knn_cli_matches_sklearn_on_independent_features(model_dir, tif_folder, 
         "0,1",
         "--out",
         out,
+        *knobs,
     )
     assert "knn" in text and "1-shot" in text
     report = json.loads(out.read_text())
@@ -120,14 +124,67 @@ def test_knn_cli_matches_sklearn_on_independent_features(model_dir, tif_folder, 
                     raws.append(src.read().astype(np.float32))
             return enc.forward_intermediate_cls(enc.normalize(np.stack(raws)), n=2).numpy()
 
+    k, temperature = k or 20, temperature or 0.07
     ref = KNeighborsClassifier(
-        20, metric="cosine", algorithm="brute", weights=lambda d: np.exp((1 - d) / 0.07)
+        k, metric="cosine", algorithm="brute", weights=lambda d: np.exp((1 - d) / temperature)
     )
     ref.fit(feats(split["train"]), [data.labels[i] for i in split["train"]])
     pred = ref.predict(feats(split["test"]))
     expected = float(np.mean(pred == np.asarray([data.labels[i] for i in split["test"]])))
     assert full["mean"] == pytest.approx(expected)
     assert full["num_test"] == len(split["test"]) and full["num_train"] == len(split["train"])
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--k", "0", "Invalid value 0 for 'knn.k'; allowed: an integer >= 1."),
+        ("--k", "-5", "Invalid value -5 for 'knn.k'; allowed: an integer >= 1."),
+        ("--temperature", "0", "Invalid value 0.0 for 'knn.temperature'; allowed: a finite number >= 0.02."),
+        (
+            "--temperature",
+            "0.01",
+            "Invalid value 0.01 for 'knn.temperature'; allowed: a finite number >= 0.02.",
+        ),
+        (
+            "--temperature",
+            "-1",
+            "Invalid value -1.0 for 'knn.temperature'; allowed: a finite number >= 0.02.",
+        ),
+        ("--temperature", "nan", "'knn.temperature'"),
+        ("--temperature", "inf", "'knn.temperature'"),
+    ],
+)
+def test_knn_k_and_temperature_out_of_range_are_one_line_exit_2(
+    model_dir, tmp_path, capsys, flag, value, says
+):
+    """k < 1 voted with no neighbour (every query got class 0); T <= 0 or tiny overflowed exp(cos/T) to
+    inf in float32 and NaN/inf made every vote NaN: all used to finish with exit 0 and a wrong accuracy.
+    Checked before the data is read or the model loaded (the data folder does not even exist)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "knn", "--model", str(model_dir), "--data", str(tmp_path / "nowhere"), flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("eo-jepa: error: ") and says in err, err
+
+
+def test_knn_and_linear_share_the_probe_options():
+    """One ProbeOptions: the same flags with the same defaults on both commands, and one check of them."""
+    import typer.main
+
+    from eo_jepa.eval.cli import ProbeOptions, eval_app
+
+    group = typer.main.get_command(eval_app)
+    shared = {f.name: f.default for f in fields(ProbeOptions)}
+    assert len(shared) == 14
+    for name in ("knn", "linear"):
+        params = {p.name: p for p in group.commands[name].params}
+        assert {n: params[n].default for n in shared} == shared
+    assert shared["shots"] == "all,1,10" and shared["batch_size"] == 64 and shared["features"] == "auto"
+    with pytest.raises(ConfigError, match="--features must be auto or one of"):
+        ProbeOptions(features="cls")
+    with pytest.raises(ConfigError, match="--shots takes"):
+        ProbeOptions(shots="all,0")
 
 
 def test_linear_cli_is_deterministic(model_dir, tif_folder, tmp_path):

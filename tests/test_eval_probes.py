@@ -10,7 +10,7 @@ import pytest
 import torch
 from eval_synthetic import BANDS5, CLASSES, NORM_STATS5, write_image_folder
 
-from eo_jepa.errors import BandMismatchError, DataError
+from eo_jepa.errors import BandMismatchError, ConfigError, DataError
 from eo_jepa.eval.baseline import RandomProjectionEncoder
 from eo_jepa.eval.datasets import fewshot_indices, open_labelled, stratified_split
 from eo_jepa.eval.features import extract_features
@@ -55,6 +55,15 @@ def test_knn_votes_formula_numpy_float64():
         np.add.at(votes, ytr[top], np.exp(row[top] / 0.5))
         expected.append(votes.argmax())
     assert np.array_equal(knn_predict(xtr, ytr, xte, k=7, temperature=0.5), expected)
+
+
+@pytest.mark.parametrize(("k", "temperature", "names"), [(0, 0.07, "'knn.k'"), (5, 0.0, "'knn.temperature'"),
+                                                       (5, 0.01, "'knn.temperature'"), (5, float("nan"), "'knn.temperature'")])  # fmt: skip
+def test_knn_refuses_k_and_temperature_out_of_range(k, temperature, names):
+    """k=0 voted with no neighbour (class 0 for every query); T=0, tiny T and NaN made the votes inf/NaN."""
+    xtr, ytr = clustered(10, 3, 8, seed=2, spread=3.0)
+    with pytest.raises(ConfigError, match=names):
+        knn_predict(xtr, ytr, xtr, k=k, temperature=temperature)
 
 
 def test_lr_schedule_warmup_then_cosine():

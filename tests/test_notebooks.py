@@ -1,7 +1,8 @@
 """The tutorial notebooks run top to bottom, offline, at a reduced size, and show pictures.
 
-They share one work folder (as a user's would), so they run in order: 01 builds the chips that
-02 trains on, 03 publishes 02's run, 04 continues a DINOv3-layout checkpoint with LeJEPA.
+They share one work folder (as a user's would), so they run in order: 01 builds the demo scenes
+and chips that 02 trains on, 03 publishes 02's run, 04 continues a DINOv3-layout checkpoint with
+LeJEPA. The folder is this module's own: nothing else writes to it or reads from it.
 """
 
 from __future__ import annotations
@@ -33,9 +34,7 @@ def test_notebooks_are_stored_without_outputs():
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    # The folder test_quickstart.py runs the tiny quickstart in: the notebooks reuse its demo
-    # scenes and chips (and the quickstart reuses theirs), as they would on a user's machine.
-    return tmp_path_factory.getbasetemp() / "tiny-quickstart"
+    return tmp_path_factory.mktemp("notebooks")
 
 
 def _images(nb) -> int:
@@ -48,6 +47,7 @@ def _images(nb) -> int:
     )
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ORDER)
 def test_notebook_runs(name, work, monkeypatch):
     from nbclient import NotebookClient
@@ -66,6 +66,8 @@ def test_notebook_runs(name, work, monkeypatch):
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert _images(nb) >= 2, f"{name} shows fewer than 2 pictures"
+    if name.startswith("01"):
+        assert (work / "scenes" / "items.json").is_file() and (work / "chips" / "dataset.json").is_file()
     if name.startswith("02"):
         rows = (work / "runs" / "notebook" / "metrics.jsonl").read_text().splitlines()
         assert json.loads(rows[-1])["step"] == 8

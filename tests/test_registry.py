@@ -119,11 +119,8 @@ def test_bias_mask_folding_matters():
         assert (naive(x) - ref(x)).abs().max() > 1e-3
 
 
-def test_real_core_jepa_entry_through_its_cache_path(tmp_path, hub_cache, no_network, scratch_registry):
-    """The built-in core-jepa-l entry (repo, file, converter, normalisation) with a ViT-S-shaped fake."""
-    spec = registry.get_spec("core-jepa-l")
-    registry.register_model(dataclasses.replace(spec, arch="dinov3_vits16_qkvb"), overwrite=True)
-    ref, meta = fake_meta_dinov3(seed=3)
+def _cache_core_jepa_l(meta: dict[str, torch.Tensor], tmp_path: Path, hub_cache: Path) -> None:
+    """A Meta-layout state dict as the core-jepa-l entry's file (its key prefix, its dataset repo) in the Hub cache."""
     torch.save({CORE_JEPA_PREFIX + k: v for k, v in meta.items()}, tmp_path / "lejepa-l.pt")
     put_in_hf_cache(
         hub_cache,
@@ -132,6 +129,14 @@ def test_real_core_jepa_entry_through_its_cache_path(tmp_path, hub_cache, no_net
         tmp_path / "lejepa-l.pt",
         repo_type="dataset",
     )
+
+
+def test_real_core_jepa_entry_through_its_cache_path(tmp_path, hub_cache, no_network, scratch_registry):
+    """The built-in core-jepa-l entry (repo, file, converter, normalisation) with a ViT-S-shaped fake."""
+    spec = registry.get_spec("core-jepa-l")
+    registry.register_model(dataclasses.replace(spec, arch="dinov3_vits16_qkvb"), overwrite=True)
+    ref, meta = fake_meta_dinov3(seed=3)
+    _cache_core_jepa_l(meta, tmp_path, hub_cache)
     enc = eo_jepa.load("core-jepa-l")
     raw = _rgb_batch(1)
     with torch.no_grad():
@@ -360,15 +365,8 @@ def test_cli_models_list_and_info():
 def test_full_vitl16_core_jepa_shape(tmp_path, hub_cache, no_network):
     """The real core-jepa-l entry with a full ViT-L/16 (q/v bias) Meta-layout fake."""
     ref, meta = fake_meta_dinov3("vit_large_patch16_dinov3_qkvb", seed=5)
-    torch.save({CORE_JEPA_PREFIX + k: v for k, v in meta.items()}, tmp_path / "lejepa-l.pt")
+    _cache_core_jepa_l(meta, tmp_path, hub_cache)
     del meta
-    put_in_hf_cache(
-        hub_cache,
-        "gajeshladharai/artifacts",
-        "core-jepa/lejepa-l.pt",
-        tmp_path / "lejepa-l.pt",
-        repo_type="dataset",
-    )
     enc = eo_jepa.load("core-jepa-l")
     assert (enc.arch, enc.embed_dim, enc.patch_size, len(enc.backbone.blocks)) == (
         "dinov3_vitl16_qkvb",

@@ -154,6 +154,7 @@ def _free_port() -> int:
 GRAM = ["loss.gram.weight=5.0", "loss.gram.views=all", "loss.gram.teacher_upsample=2"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("extra", [[], GRAM], ids=["lejepa", "gram"])
 def test_two_gloo_processes_match_one_process_on_the_whole_batch(store, tmp_path, extra):
     """DDP and FSDP + global-batch SIGReg (+ synced BatchNorm) (+ Gram anchoring): one step on 2x8

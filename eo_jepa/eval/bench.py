@@ -31,10 +31,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from eo_jepa.errors import BandMismatchError, ConfigError, DataError
+from eo_jepa.eval.datasets import stratified_split
+from eo_jepa.eval.features import extract_features
 from eo_jepa.eval.layouts import get_layout, open_layout, suite_datasets
+from eo_jepa.eval.linear import LinearProbeConfig
+from eo_jepa.eval.probe import run_probe
+from eo_jepa.models import Encoder, build_encoder, load
 from eo_jepa.utils.io import atomic_open, atomic_write_json, atomic_write_text
+from eo_jepa.utils.logging import progress_disabled
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +105,8 @@ def resolve_model(spec: str, *, device: str | None = None, norm: str | None = No
     ``random:ARCH`` (an untrained eo-jepa architecture on RGB, the floor). ``norm`` describes the
     foreign checkpoint *files* among the models (``eo_jepa.load(..., norm=)``); names, folders and
     the other kinds carry their own."""
-    import eo_jepa
-
     if spec.startswith("random:"):
-        from eo_jepa.models import build_encoder
-
         arch = spec.split(":", 1)[1]
-        import torch
-
         torch.manual_seed(0)
         return build_encoder(
             arch, ("red", "green", "blue"), img_size=224,
@@ -110,16 +114,11 @@ def resolve_model(spec: str, *, device: str | None = None, norm: str | None = No
         ).eval()  # fmt: skip
     if spec.startswith("timm:"):
         return timm_encoder(spec.split(":", 1)[1])
-    return eo_jepa.load(spec, device=device, norm=norm if Path(spec).is_file() else None)
+    return load(spec, device=device, norm=norm if Path(spec).is_file() else None)
 
 
 def timm_encoder(name: str) -> Any:
     """A timm ViT with its pretrained weights (from the local cache when offline) as an Encoder on RGB."""
-    import timm
-    import torch
-
-    from eo_jepa.models.encoder import Encoder
-
     try:
         try:  # ViTs take any multiple of their patch size (bench --size, native dataset sizes)
             model = timm.create_model(name, pretrained=True, num_classes=0, dynamic_img_size=True)
@@ -154,14 +153,8 @@ def model_digest(encoder: Any) -> str:
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for key, tensor in sorted(encoder.state_dict().items()):
         h.update(key.encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def _byte_dtype() -> Any:
-    import torch
-
-    return torch.uint8
 
 
 def dataset_digest(dataset: Any) -> str:
@@ -179,8 +172,6 @@ def cached_features(
     encoder: Any, dataset: Any, cache_dir: Path, *, size: int | None, desc: str, **extract: Any
 ) -> np.ndarray:
     """Probe features of every image of ``dataset``, from ``cache_dir`` chunks where present."""
-    from eo_jepa.eval.features import extract_features
-
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_dir / "features.npy"
     if final.is_file():
@@ -217,9 +208,6 @@ class _Resized:
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        import torch
-        import torch.nn.functional as F
-
         item = dict(self.dataset[i])
         px = torch.from_numpy(np.asarray(item["pixels"], np.float32))[None]
         if tuple(px.shape[-2:]) != (self.size, self.size):
@@ -235,10 +223,6 @@ def protocol_rows(
     model: str, dataset: str, feats: np.ndarray, labels: Sequence[str], cfg: BenchConfig
 ) -> list[Row]:
     """Every probe at every training ratio of ``dataset``'s protocol, one split per seed."""
-    from eo_jepa.eval.datasets import stratified_split
-    from eo_jepa.eval.linear import LinearProbeConfig
-    from eo_jepa.eval.probe import run_probe
-
     layout = get_layout(dataset)
     rows = []
     for ratio in layout.train_ratios:
@@ -264,10 +248,6 @@ def protocol_rows(
 # ------------------------------------------------------------------------------------ the run
 def run_bench(cfg: BenchConfig) -> list[Row]:
     """Run the suite; write ``results.{json,csv,md,png}`` to ``cfg.out``; return the rows."""
-    from tqdm.auto import tqdm
-
-    from eo_jepa.utils.logging import progress_disabled
-
     names = suite_datasets(cfg.suite)
     check_root(cfg.root)
     datasets = {}

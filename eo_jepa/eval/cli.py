@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import typer
 
 from eo_jepa.errors import ConfigError
+from eo_jepa.utils.io import atomic_write_json
 
 eval_app = typer.Typer(
     help="Probe a frozen encoder: kNN, linear, few-shot, representation health.", no_args_is_help=True
@@ -28,35 +33,18 @@ NORM = typer.Option(
     "timm state dict) expects its RGB input: sat493m or imagenet. Not for registered names or eo-jepa folders.",
 )
 BF16 = typer.Option(False, "--bf16", help="bfloat16 autocast for inference.")
-SEEDS = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (few-shot draws and linear-probe init).")
-SHOTS = typer.Option("all,1,10", "--shots", help="Comma-separated: 'all' and/or samples per class.")
-SPLIT_FILE = typer.Option(
-    None, "--split-file", help="JSON {'train': [ids], 'test': [ids]} (overrides splits)."
-)
-SPLIT_SEED = typer.Option(0, "--split-seed", help="Seed of the stratified train/test split.")
 TEST_FRACTION = typer.Option(0.2, "--test-fraction", help="Test share of the stratified split.")
-RESPLIT = typer.Option(
-    False, "--resplit", help="Ignore a chip store's split column; split by class with the seed."
-)
+SPLIT_SEED = typer.Option(0, "--split-seed", help="Seed of the stratified train/test split.")
 BANDS = typer.Option(
     None,
     "--bands",
     help="Bands to use, by name (red,green,blue; B04,B03,B02): they name the channels of unnamed images "
     "and select channels of chip stores and named TIFFs; an unknown or absent band is an error.",
 )
-FEATURES = typer.Option(
-    "auto",
-    "--features",
-    help="auto (lejepa for LeJEPA-trained models, else probe), lejepa (last-two-block tokens "
-    "concatenated + LayerNorm), probe (the same without LayerNorm), global or mean_patch.",
-)
 OUT_JSON = typer.Option(None, "--out", help="Also write the results as JSON here.")
+WINDOW = typer.Option(None, "--window", help="Sliding-window size in px (default: the model's img_size).")
+WINDOW_BATCH = typer.Option(16, "--batch-size", help="Windows per batch.")
 WORKERS = typer.Option(0, "--workers", help="Processes reading images in parallel (0: in the main process).")
-RESIZE = typer.Option(
-    False,
-    "--resize",
-    help="Resize images to the model's img_size (default: native size, a multiple of the patch).",
-)
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -79,40 +67,150 @@ def _shots(text: str) -> list[int | None]:
     return out
 
 
+def _bands(text: str | None) -> list[str] | None:
+    return text.split(",") if text else None
+
+
+def _echo_outputs(result: Any) -> None:
+    """A result dataclass of written files and figures as one JSON line (paths as strings)."""
+    typer.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}))
+
+
 def _load(model: str, device: str | None, norm: str | None = None) -> Any:
-    import eo_jepa
+    from eo_jepa.models import load
 
-    return eo_jepa.load(model, device=device, norm=norm)
+    return load(model, device=device, norm=norm)
 
 
-def _probe(
-    method: str, model: str, data: str, opts: dict[str, Any], out: Path | None, **probe_kw: Any
-) -> None:
+def _flag(option: Any) -> Any:
+    """A :class:`ProbeOptions` field: the typer option that sets it, whose default is the field's."""
+    return field(default=option.default, metadata={"option": option})
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """The options ``eval knn`` and ``eval linear`` share: the split, the bands, how features are made.
+
+    Each field is declared once with its flag (:func:`_flag`); :func:`probe_command` gives a command
+    all of them and hands it one instance, checked on construction.
+    """
+
+    shots: str = _flag(
+        typer.Option("all,1,10", "--shots", help="Comma-separated: 'all' and/or samples per class.")
+    )
+    seeds: str = _flag(
+        typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (few-shot draws and linear-probe init).")
+    )
+    split_file: Path | None = _flag(  # noqa: RUF009 (_flag returns a dataclasses.field)
+        typer.Option(None, "--split-file", help="JSON {'train': [ids], 'test': [ids]} (overrides splits).")
+    )
+    split_seed: int = _flag(SPLIT_SEED)
+    test_fraction: float = _flag(TEST_FRACTION)
+    resplit: bool = _flag(
+        typer.Option(
+            False, "--resplit", help="Ignore a chip store's split column; split by class with the seed."
+        )
+    )
+    bands: str | None = _flag(BANDS)
+    batch_size: int = _flag(BATCH)
+    device: str | None = _flag(DEVICE)
+    norm: str | None = _flag(NORM)
+    bf16: bool = _flag(BF16)
+    resize: bool = _flag(
+        typer.Option(
+            False,
+            "--resize",
+            help="Resize images to the model's img_size (default: native size, a multiple of the patch).",
+        )
+    )
+    workers: int = _flag(WORKERS)
+    features: str = _flag(
+        typer.Option(
+            "auto",
+            "--features",
+            help="auto (lejepa for LeJEPA-trained models, else probe), lejepa (last-two-block tokens "
+            "concatenated + LayerNorm), probe (the same without LayerNorm), global or mean_patch.",
+        )
+    )
+
+    def __post_init__(self) -> None:
+        from eo_jepa.eval.features import FEATURE_KINDS
+
+        if self.features not in ("auto", *FEATURE_KINDS):
+            raise ConfigError(
+                f"--features must be auto or one of {', '.join(FEATURE_KINDS)}, got {self.features!r}."
+            )
+        self.shot_list()
+        self.seed_list()
+
+    def shot_list(self) -> list[int | None]:
+        return _shots(self.shots)
+
+    def seed_list(self) -> list[int]:
+        return _ints(self.seeds, "--seeds")
+
+    def feature_kind(self) -> str | None:
+        """The kind of :data:`~eo_jepa.eval.features.FEATURE_KINDS`, or None for the encoder's default."""
+        return None if self.features == "auto" else self.features
+
+
+def probe_command(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command(..., opts: ProbeOptions)`` every :class:`ProbeOptions` flag as typer parameters.
+
+    typer reads a command's parameters from its signature, so the wrapper's signature is the
+    command's own parameters (less ``opts``) followed by one keyword parameter per field.
+    """
+    signature = inspect.signature(command)
+    hints = get_type_hints(command)
+    own = [p for p in signature.parameters.values() if p.name != "opts"]
+    names = [f.name for f in fields(ProbeOptions)]
+    types = get_type_hints(ProbeOptions)
+    shared = [
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.metadata["option"], annotation=types[f.name]
+        )
+        for f in fields(ProbeOptions)
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        opts = ProbeOptions(**{name: kwargs.pop(name) for name in names})
+        command(**kwargs, opts=opts)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *shared])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {
+        **{p.name: hints[p.name] for p in own},
+        **{p.name: p.annotation for p in shared},
+        "return": None,
+    }
+    return wrapper
+
+
+def _probe(method: str, model: str, data: str, opts: ProbeOptions, out: Path | None, **probe_kw: Any) -> None:
     from eo_jepa.eval.datasets import open_labelled
     from eo_jepa.eval.probe import evaluate
-    from eo_jepa.utils.io import atomic_write_json
 
     labelled = open_labelled(
         data,
-        bands=opts["bands"].split(",") if opts["bands"] else None,
-        split_file=opts["split_file"],
-        seed=opts["split_seed"],
-        test_fraction=opts["test_fraction"],
-        use_store_splits=not opts["resplit"],
+        bands=_bands(opts.bands),
+        split_file=opts.split_file,
+        seed=opts.split_seed,
+        test_fraction=opts.test_fraction,
+        use_store_splits=not opts.resplit,
     )
-    encoder = _load(model, opts["device"], opts["norm"])
+    encoder = _load(model, opts.device, opts.norm)
     results = evaluate(
         encoder,
         labelled,
         methods=(method,),
-        shots=_shots(opts["shots"]),
-        seeds=_ints(opts["seeds"], "--seeds"),
-        batch_size=opts["batch_size"],
-        device=opts["device"],
-        bf16=opts["bf16"],
-        resize=opts["resize"],
-        workers=opts["workers"],
-        features=opts["features"],
+        shots=opts.shot_list(),
+        seeds=opts.seed_list(),
+        batch_size=opts.batch_size,
+        device=opts.device,
+        bf16=opts.bf16,
+        resize=opts.resize,
+        workers=opts.workers,
+        features=opts.feature_kind(),
         **probe_kw,
     )
     typer.echo(
@@ -134,92 +232,39 @@ def _probe(
         )
 
 
-# Options shared by `eval knn` and `eval linear`, passed on to _probe by name.
-_PROBE_OPTIONS = (
-    "shots",
-    "seeds",
-    "split_file",
-    "split_seed",
-    "test_fraction",
-    "resplit",
-    "bands",
-    "batch_size",
-    "device",
-    "norm",
-    "bf16",
-    "resize",
-    "workers",
-    "features",
-)
-
-
-def _probe_options(arguments: dict[str, Any]) -> dict[str, Any]:
-    from eo_jepa.eval.features import FEATURE_KINDS
-
-    opts = {name: arguments[name] for name in _PROBE_OPTIONS}
-    if opts["features"] not in ("auto", *FEATURE_KINDS):
-        raise ConfigError(
-            f"--features must be auto or one of {', '.join(FEATURE_KINDS)}, got {opts['features']!r}."
-        )
-    if opts["features"] == "auto":
-        opts["features"] = None
-    return opts
-
-
 @eval_app.command("knn")
+@probe_command
 def knn_cmd(
     model: str = MODEL,
     data: str = DATA,
-    k: int = typer.Option(20, "--k", help="Neighbours."),
-    temperature: float = typer.Option(0.07, "--temperature", help="Vote weight exp(cos/T)."),
-    shots: str = SHOTS,
-    seeds: str = SEEDS,
-    split_file: Path = SPLIT_FILE,
-    split_seed: int = SPLIT_SEED,
-    test_fraction: float = TEST_FRACTION,
-    resplit: bool = RESPLIT,
-    bands: str = BANDS,
-    batch_size: int = BATCH,
-    device: str = DEVICE,
-    norm: str = NORM,
-    bf16: bool = BF16,
-    resize: bool = RESIZE,
-    workers: int = WORKERS,
-    features: str = FEATURES,
+    k: int = typer.Option(20, "--k", help="Neighbours that vote (an integer >= 1)."),
+    temperature: float = typer.Option(0.07, "--temperature", help="Vote weight exp(cos/T), T >= 0.02."),
     out: Path = OUT_JSON,
+    *,
+    opts: ProbeOptions,
 ) -> None:
     """Weighted kNN (cosine, k=20, T=0.07) top-1 on frozen probe features; few-shot mean ± std over seeds."""
-    opts = _probe_options(locals())
-    _probe("knn", model, data, opts, out, k=k, temperature=temperature)
+    from eo_jepa.eval.knn import KnnProbeConfig
+
+    cfg = KnnProbeConfig(k=k, temperature=temperature)
+    _probe("knn", model, data, opts, out, k=cfg.k, temperature=cfg.temperature)
 
 
 @eval_app.command("linear")
+@probe_command
 def linear_cmd(
     model: str = MODEL,
     data: str = DATA,
     epochs: int = typer.Option(100, "--epochs", help="Linear-probe epochs."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak AdamW learning rate (warm-up then cosine)."),
     weight_decay: float = typer.Option(1e-6, "--weight-decay", help="AdamW weight decay."),
-    shots: str = SHOTS,
-    seeds: str = SEEDS,
-    split_file: Path = SPLIT_FILE,
-    split_seed: int = SPLIT_SEED,
-    test_fraction: float = TEST_FRACTION,
-    resplit: bool = RESPLIT,
-    bands: str = BANDS,
-    batch_size: int = BATCH,
-    device: str = DEVICE,
-    norm: str = NORM,
-    bf16: bool = BF16,
-    resize: bool = RESIZE,
-    workers: int = WORKERS,
-    features: str = FEATURES,
     out: Path = OUT_JSON,
+    *,
+    opts: ProbeOptions,
 ) -> None:
     """Linear probe (LayerNorm + Linear, AdamW wd 1e-6, warm-up + cosine) top-1, mean ± std over seeds."""
     from eo_jepa.eval.linear import LinearProbeConfig
 
-    opts = _probe_options(locals())
     cfg = LinearProbeConfig(epochs=epochs, lr=lr, weight_decay=weight_decay)
     _probe("linear", model, data, opts, out, linear=cfg)
 
@@ -250,11 +295,10 @@ def health_cmd(
     from eo_jepa.eval.datasets import open_unlabelled
     from eo_jepa.eval.features import FEATURE_KINDS, extract_features
     from eo_jepa.eval.health import representation_health
-    from eo_jepa.utils.io import atomic_write_json
 
     if kind not in FEATURE_KINDS:
         raise ConfigError(f"--features must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}.")
-    dataset = open_unlabelled(data, bands=bands.split(",") if bands else None)
+    dataset = open_unlabelled(data, bands=_bands(bands))
     n = len(dataset)
     indices = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)) if n else []
     encoder = _load(model, device, norm)
@@ -286,7 +330,7 @@ def dense_cmd(
     test_fraction: float = TEST_FRACTION,
     split_seed: int = SPLIT_SEED,
     bands: str = BANDS,
-    batch_size: int = typer.Option(16, "--batch-size", help="Windows per batch."),
+    batch_size: int = WINDOW_BATCH,
     device: str = DEVICE,
     norm: str = NORM,
     bf16: bool = BF16,
@@ -294,9 +338,8 @@ def dense_cmd(
 ) -> None:
     """Linear per-patch segmentation probe on frozen dense features: mIoU and per-class IoU on held-out images."""
     from eo_jepa.eval.dense import SegmentationFolder, dense_probe, split_folder
-    from eo_jepa.utils.io import atomic_write_json
 
-    folder = SegmentationFolder(data, bands=bands.split(",") if bands else None)
+    folder = SegmentationFolder(data, bands=_bands(bands))
     split = split_folder(folder, test_fraction=test_fraction, seed=split_seed)
     encoder = _load(model, device, norm)
     res = dense_probe(
@@ -394,13 +437,11 @@ def pca_cmd(
         None, "--geotiff", help="PCA GeoTIFF path for raster input (default OUT.tif)."
     ),
     features: Path = typer.Option(None, "--features", help="Also write the full feature map as a GeoTIFF."),
-    window: int = typer.Option(
-        None, "--window", help="Sliding-window size in px (default: the model's img_size)."
-    ),
+    window: int = WINDOW,
     stride: int = typer.Option(
         None, "--stride", help="Window step in px (default: the window; smaller averages)."
     ),
-    batch_size: int = typer.Option(16, "--batch-size", help="Windows per batch."),
+    batch_size: int = WINDOW_BATCH,
     device: str = DEVICE,
     norm: str = NORM,
     bf16: bool = BF16,
@@ -421,7 +462,7 @@ def pca_cmd(
         device=device,
         bf16=bf16,
     )
-    typer.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(res).items()}))
+    _echo_outputs(res)
 
 
 def change_cmd(
@@ -430,11 +471,9 @@ def change_cmd(
     after: Path = typer.Option(..., "--after", help="GeoTIFF of the second date (same grid)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output GeoTIFF of per-patch cosine distance."),
     png: Path = typer.Option(None, "--png", help="PNG preview path (default OUT.png)."),
-    window: int = typer.Option(
-        None, "--window", help="Sliding-window size in px (default: the model's img_size)."
-    ),
+    window: int = WINDOW,
     stride: int = typer.Option(None, "--stride", help="Window step in px."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Windows per batch."),
+    batch_size: int = WINDOW_BATCH,
     device: str = DEVICE,
     norm: str = NORM,
     bf16: bool = BF16,
@@ -455,7 +494,7 @@ def change_cmd(
         device=device,
         bf16=bf16,
     )
-    typer.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(res).items()}))
+    _echo_outputs(res)
 
 
 def register(app: typer.Typer) -> None:

@@ -27,7 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from eo_jepa.bands import match_bands
+from eo_jepa.chips import ChipDataset
 from eo_jepa.errors import BandMismatchError, DataError
+from eo_jepa.models import canonical_bands
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,6 @@ def raster_band_names(descriptions: Sequence[str | None]) -> tuple[str, ...] | N
 
     Names are matched by :func:`eo_jepa.bands.match_band`, the one matcher the trainer uses too.
     """
-    from eo_jepa.bands import match_bands
-
     return match_bands(descriptions)
 
 
@@ -100,8 +101,6 @@ def resolve_bands(
     they name their bands), else the names the files carry, else None (unnamed)."""
     if given is None:
         return in_file
-    from eo_jepa.models.encoder import canonical_bands
-
     names = canonical_bands(given)
     if in_file is not None:
         missing = [b for b in names if b not in in_file]
@@ -274,16 +273,12 @@ def _known_bands(bands: Sequence[str] | None) -> tuple[str, ...] | None:
     """``bands`` by canonical name (an unknown name is a :class:`BandMismatchError`), or None."""
     if bands is None:
         return None
-    from eo_jepa.models.encoder import canonical_bands
-
     return canonical_bands(bands)
 
 
 def open_unlabelled(path: str | Path, *, bands: Sequence[str] | None = None) -> Any:
     """A chip store or an image folder for label-free uses (health, embeddings), with ``bands`` checked."""
     if (Path(path) / "dataset.json").is_file():
-        from eo_jepa.chips import ChipDataset
-
         return ChipDataset(path, bands=_known_bands(bands))
     return ImageFolderDataset(path, bands=bands)
 
@@ -344,8 +339,6 @@ def open_labelled(
     """
     path = Path(path)
     if (path / "dataset.json").is_file():
-        from eo_jepa.chips import ChipDataset
-
         store = ChipDataset(path, bands=_known_bands(bands))
         keep = np.asarray([k for k, lab in enumerate(store.labels) if lab is not None], dtype=np.int64)
         if len(keep) == 0:

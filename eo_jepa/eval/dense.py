@@ -30,9 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from eo_jepa.errors import DataError
+from eo_jepa.eval.datasets import read_image, resolve_bands, select_bands
+from eo_jepa.eval.features import dense_features
 from eo_jepa.eval.linear import LinearProbeConfig, linear_predict, train_linear_probe
+from eo_jepa.utils.logging import progress_disabled
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +97,6 @@ def find_pairs(root: str | Path) -> list[tuple[str, Path, Path, str | None]]:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A single-band mask as (H, W) int64."""
-    from eo_jepa.eval.datasets import read_image
-
     arr = read_image(path, mask=True)[0]
     return arr[0].astype(np.int64)
 
@@ -107,8 +109,6 @@ class SegmentationFolder:
     """
 
     def __init__(self, root: str | Path, *, bands: Sequence[str] | None = None) -> None:
-        from eo_jepa.eval.datasets import read_image, resolve_bands
-
         self.root = Path(root)
         pairs = find_pairs(self.root)
         self.ids = [p[0] for p in pairs]
@@ -125,8 +125,6 @@ class SegmentationFolder:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> SegmentationItem:
-        from eo_jepa.eval.datasets import read_image, select_bands
-
         pixels, names = read_image(self.images[i])
         pixels = select_bands(pixels, names, self.bands, self.ids[i])
         mask = read_mask(self.masks[i])
@@ -192,11 +190,6 @@ def item_features(
     bf16: bool = False,
 ) -> list[np.ndarray]:
     """Dense features (D, ceil(H/p), ceil(W/p)) of each item (see :func:`eo_jepa.eval.features.dense_features`)."""
-    from tqdm.auto import tqdm
-
-    from eo_jepa.eval.features import dense_features
-    from eo_jepa.utils.logging import progress_disabled
-
     out = []
     for it in tqdm(list(items), desc="dense features", unit="img", disable=progress_disabled()):
         win = _window(encoder, *it.pixels.shape[1:])

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from eo_jepa.chips import ChipDataset
 from eo_jepa.errors import DataError
 from eo_jepa.eval.features import FeatureKind, extract_features
 from eo_jepa.utils.io import atomic_open
@@ -49,8 +50,6 @@ def embed_chips(
             f"{str(store)!r} is not a chip store (no dataset.json); `embed` needs chip footprints, build one "
             "with `eo-jepa chips build`."
         )
-    from eo_jepa.chips import ChipDataset
-
     ds = ChipDataset(store)
     ok = ds.index  # the ok chips, in dataset order (the order features are extracted in)
     feats = extract_features(

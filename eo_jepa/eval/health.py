@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from eo_jepa.ssl import SIGReg, effective_rank
+
 
 @torch.no_grad()
 def rankme(z: torch.Tensor | np.ndarray, *, center: bool = False) -> float:
     """RankMe effective rank of (N, D) embeddings, in float64; ``center`` removes each dimension's mean."""
-    from eo_jepa.ssl import effective_rank
-
     x = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z).detach().to(torch.float64)
     if center and x.dim() == 2:
         x = x - x.mean(0, keepdim=True)
@@ -39,8 +39,6 @@ def sigreg_standardized(z: torch.Tensor | np.ndarray, *, num_slices: int = 1024)
     :func:`eo_jepa.ssl.expected_gaussian_value`, as mean and std are estimated from the sample);
     grows with N when the embeddings are low-rank or non-Gaussian.
     """
-    from eo_jepa.ssl import SIGReg
-
     x = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z).detach().float()
     # eval: fixed directions, the step does not advance; never all-reduced (one process's data)
     sigreg = SIGReg(num_slices=num_slices, distributed=False).eval().to(x.device)
@@ -51,8 +49,6 @@ def sigreg_standardized(z: torch.Tensor | np.ndarray, *, num_slices: int = 1024)
 def representation_health(features: np.ndarray, *, num_slices: int = 1024) -> dict[str, Any]:
     """``{"n", "dim", "effective_rank", "effective_rank_centered", "sigreg", "sigreg_standardized"}``
     of (N, D) features."""
-    from eo_jepa.ssl import SIGReg
-
     z = torch.as_tensor(np.asarray(features, dtype=np.float32))
     sigreg = SIGReg(num_slices=num_slices, distributed=False).eval()
     return {

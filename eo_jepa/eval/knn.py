@@ -8,12 +8,28 @@ vote wins.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from eo_jepa.config import Config, bounded
+
 DEFAULT_K = 20
 DEFAULT_TEMPERATURE = 0.07
+
+
+@dataclass
+class KnnProbeConfig(Config):
+    """The kNN vote's two knobs, range-checked like every config (``eval knn --k / --temperature``)."""
+
+    section: ClassVar[str] = "knn"
+
+    k: int = bounded(DEFAULT_K, ge=1)
+    # Votes are exp(cos / T) in float32, which overflows for 1 / T > 88.7 (T < 0.0113): from 0.02 up.
+    temperature: float = bounded(DEFAULT_TEMPERATURE, ge=0.02)
 
 
 @torch.inference_mode()
@@ -27,7 +43,11 @@ def knn_predict(
     num_classes: int | None = None,
     chunk: int = 1024,
 ) -> np.ndarray:
-    """Predicted class indices (int64) for ``test_x`` given integer labels ``train_y`` (0..C-1)."""
+    """Predicted class indices (int64) for ``test_x`` given integer labels ``train_y`` (0..C-1).
+
+    ``k`` and ``temperature`` outside :class:`KnnProbeConfig`'s ranges are a :class:`ConfigError`.
+    """
+    KnnProbeConfig(k=k, temperature=temperature)  # range checks
     if len(train_x) == 0:
         raise ValueError("kNN needs at least one training sample")
     train = F.normalize(torch.as_tensor(np.asarray(train_x, dtype=np.float32)), dim=1)

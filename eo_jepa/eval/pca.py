@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from eo_jepa.chips import ChipDataset
 from eo_jepa.errors import DataError
 from eo_jepa.eval.features import band_selection, dense_features
 from eo_jepa.eval.raster import (
@@ -107,8 +108,6 @@ def parse_input(spec: str) -> tuple[Path, str | None]:
 
 def load_chip(store: Path, key: str | None, model_bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Pixels (the model's bands) and valid mask of one chip of a chip store (position or chip id)."""
-    from eo_jepa.chips import ChipDataset
-
     ds = ChipDataset(store)
     if key is None or key.isdigit():
         pos = int(key or 0)

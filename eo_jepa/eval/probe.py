@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from eo_jepa.errors import ConfigError, DataError
 from eo_jepa.eval.datasets import LabelledData, fewshot_indices
+from eo_jepa.eval.features import FEATURE_KINDS, default_probe_kind, extract_features
 from eo_jepa.eval.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_predict
 from eo_jepa.eval.linear import LinearProbeConfig, linear_predict, train_linear_probe
 
@@ -119,19 +121,13 @@ def evaluate(
     ``features``: a kind of :data:`eo_jepa.eval.features.FEATURE_KINDS`; ``None`` picks
     :func:`~eo_jepa.eval.features.default_probe_kind` (``lejepa`` for LeJEPA-trained encoders).
     """
-    from eo_jepa.eval.features import FEATURE_KINDS, default_probe_kind, extract_features
-
     kind = features or default_probe_kind(encoder)
     if kind not in FEATURE_KINDS:
-        from eo_jepa.errors import ConfigError
-
         raise ConfigError(f"Unknown features {kind!r}; choose one of: {', '.join(FEATURE_KINDS)}.")
 
     train_idx = data.splits["train"]
     test_idx = data.splits[data.eval_split]
     if len(train_idx) == 0 or len(test_idx) == 0:
-        from eo_jepa.errors import DataError
-
         raise DataError(
             "The dataset split has an empty train or test part; add labelled samples or a split file."
         )
