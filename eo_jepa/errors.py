@@ -50,6 +50,10 @@ class DataError(EOJepaError, ValueError):
     """A dataset, raster or AOI file is missing, corrupt or inconsistent."""
 
 
+class MissingExtraError(EOJepaError, ImportError):
+    """An optional feature's packages are not installed (the message names the extra to install)."""
+
+
 def closest(name: str, choices: Iterable[str]) -> str | None:
     """The closest match to ``name`` among ``choices`` (for 'did you mean' hints), or None."""
     matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

@@ -304,3 +304,20 @@ def test_naip_like_tiles(tmp_path):
         geom = shapely.transform(shape(f["geometry"]), to_utm.transform, interleaved=False)
         inside = ~geometry_mask([geom], out_shape=lc_shape, transform=lc_transform, all_touched=True)
         assert set(np.unique(lc[inside])) == {CLASS_CODES[f["properties"]["label"]]}
+
+
+def test_demo_modules_import_no_private_names():
+    """Each demo module uses the others through their public names (the NAIP tiles once reached into
+    the Sentinel-2 scenes' private helpers)."""
+    import ast
+    from pathlib import Path
+
+    import eo_jepa.demo
+
+    found = []
+    for path in sorted(Path(eo_jepa.demo.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("eo_jepa"):
+                names = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                found += [f"{path.name}: {node.module}.{name}" for name in names]
+    assert found == []

@@ -148,6 +148,28 @@ def test_run_probe_mean_std_over_seeds():
     assert len(full.accuracies) == 1 and full.std == 0.0
 
 
+def test_run_probe_per_class_accuracy_is_recall_averaged_over_seeds():
+    """Per-class accuracy (what the quickstart reports) against scikit-learn's per-class recall."""
+    from sklearn.metrics import recall_score
+
+    xtr, ytr = clustered(30, 3, 8, seed=7, spread=4.0)
+    xte, yte = clustered(20, 3, 8, seed=8, spread=4.0)
+    keep = yte != 2  # a class absent from the test set gets no entry
+    names = np.asarray(["x", "y", "z"])
+    train_labels = names[ytr].tolist()
+    res = run_probe(
+        xtr, train_labels, xte[keep], names[yte[keep]].tolist(), method="knn", shots=2, seeds=[0, 1, 2]
+    )
+    recalls = []
+    for seed in (0, 1, 2):
+        sel = fewshot_indices(train_labels, 2, seed)
+        pred = knn_predict(xtr[sel], ytr[sel], xte[keep], num_classes=3)
+        recalls.append(recall_score(yte[keep], pred, labels=[0, 1], average=None))
+    expected = np.mean(recalls, axis=0)
+    assert res.per_class == pytest.approx({"x": expected[0], "y": expected[1]})
+    assert min(expected) > 0 and max(np.std(recalls, axis=0)) > 0  # seeds differ, so the mean means something
+
+
 @pytest.fixture(scope="module")
 def tif_folder(tmp_path_factory):
     return write_image_folder(tmp_path_factory.mktemp("tifs"), per_class=10, size=32, fmt="tif")

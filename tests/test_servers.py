@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import urllib.request
 from datetime import datetime
 
@@ -16,6 +17,7 @@ from shapely.geometry import box, shape
 from eo_jepa.demo import servers
 from eo_jepa.demo.scenes import make_demo_scenes
 from eo_jepa.demo.servers import range_http_server, stac_api_server
+from eo_jepa.errors import MissingExtraError
 
 
 def _first_href(scenes, key="B04"):
@@ -51,6 +53,28 @@ def test_vsicurl_window_equals_local_read(demo_scenes_tiny, cog_http_url):
             ):
                 np.testing.assert_array_equal(a.read(1, window=window), b.read(1, window=window))
                 assert a.transform == b.transform and a.crs == b.crs
+
+
+@pytest.mark.parametrize(
+    ("blocked", "server"),
+    [
+        ("RangeHTTPServer", lambda tmp: range_http_server(tmp)),
+        ("RangeHTTPServer", lambda tmp: servers.fault_http_server("blackhole")),
+        ("uvicorn", lambda tmp: stac_api_server({}, [])),
+        ("stac_fastapi", lambda tmp: stac_api_server({}, [])),
+    ],
+)
+def test_servers_name_the_extra_when_a_package_is_missing(monkeypatch, tmp_path, blocked, server):
+    """The servers' packages are an extra (they ship in the wheel without them): a missing one is named."""
+    monkeypatch.setitem(sys.modules, blocked, None)  # what Python sees when the package is not installed
+    package = {
+        "RangeHTTPServer": "rangehttpserver",
+        "uvicorn": "uvicorn",
+        "stac_fastapi": "stac-fastapi-pgstac",
+    }
+    expected = rf"needs the package\(s\) {package[blocked]}, which are not installed; .* pip install 'eo-jepa\[servers\]'\.$"
+    with pytest.raises(MissingExtraError, match=expected), server(tmp_path):
+        pass
 
 
 def test_range_server_rejects_a_missing_folder(tmp_path):

@@ -30,8 +30,35 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import rasterio
+import torch
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from rasterio.windows import from_bounds
+from shapely.geometry import box
+
+import eo_jepa
 from eo_jepa._version import __version__
+from eo_jepa.chips import store
+from eo_jepa.chips.build import PLAN_NAME, build_chips
+from eo_jepa.chips.config import ChipConfig
+from eo_jepa.chips.dataset import ChipDataset
+from eo_jepa.chips.grid import Location
+from eo_jepa.chips.read import SourceCache, gdal_env, read_chip
+from eo_jepa.config import from_dict
+from eo_jepa.demo.scenes import CLASSES, make_demo_scenes
 from eo_jepa.errors import ConfigError, DataError
+from eo_jepa.eval.datasets import LabelledData, open_labelled
+from eo_jepa.eval.dense import dense_probe, tiles
+from eo_jepa.eval.pca import pca_map
+from eo_jepa.eval.probe import evaluate
+from eo_jepa.stac import load_static_items
+from eo_jepa.train.config import TrainConfig
+from eo_jepa.train.data import open_source
+from eo_jepa.train.health import health_rows
+from eo_jepa.train.publish import publish
 from eo_jepa.utils.io import atomic_open, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -225,8 +252,6 @@ Say = Callable[[str], None]
 
 
 def _step_scenes(out: Path, preset: Preset, result: QuickstartResult, say: Say) -> dict[str, Any]:
-    from eo_jepa.demo.scenes import make_demo_scenes
-
     # Idempotent: a complete earlier output with the same parameters is reused, a partial one redone.
     scenes = make_demo_scenes(
         out / "scenes", seed=preset.seed, size=preset.scenes_size, n_dates=preset.n_dates
@@ -247,9 +272,6 @@ def demo_chip_config(preset: Preset) -> Any:
 
     Demo point AOIs carry their own ``buffer_m``, which the chip builder honours.
     """
-    from eo_jepa.chips.config import ChipConfig
-    from eo_jepa.config import from_dict
-
     cfg = {
         "name": f"eo-jepa-demo-{preset.name}",
         "sensor": "sentinel-2-l2a",
@@ -269,10 +291,6 @@ def demo_chip_config(preset: Preset) -> Any:
 
 
 def _step_chips(out: Path, preset: Preset, result: QuickstartResult, say: Say) -> dict[str, Any]:
-    from eo_jepa.chips import store
-    from eo_jepa.chips.build import PLAN_NAME, build_chips
-    from eo_jepa.chips.dataset import ChipDataset
-
     root = out / "chips"
     items = result.output("scenes", "items")
     aois = result.output("scenes", "aois")
@@ -324,9 +342,6 @@ def _check_stats(stats: dict[str, Any], root: Path) -> None:
 
 def train_config(preset: Preset, out: Path) -> Any:
     """The quickstart's LeJEPA training config (a :class:`~eo_jepa.train.config.TrainConfig`)."""
-    from eo_jepa.config import from_dict
-    from eo_jepa.train.config import TrainConfig
-
     cfg = {
         "name": "quickstart",
         "output_dir": str(out / "runs"),
@@ -392,9 +407,6 @@ def _step_pretrain(out: Path, preset: Preset, result: QuickstartResult, say: Say
 
 
 def _step_publish(out: Path, preset: Preset, result: QuickstartResult, say: Say) -> dict[str, Any]:
-    import eo_jepa
-    from eo_jepa.train.publish import publish
-
     model_dir = out / "model"
     if model_dir.exists():  # an interrupted earlier export: redo it
         shutil.rmtree(model_dir)
@@ -414,8 +426,6 @@ def _step_publish(out: Path, preset: Preset, result: QuickstartResult, say: Say)
 
 
 def _step_evaluate(out: Path, preset: Preset, result: QuickstartResult, say: Say) -> dict[str, Any]:
-    import eo_jepa
-
     chips = Path(result.output("chips", "root"))
     pretrained = eo_jepa.load(result.output("publish", "model_dir"))
     untrained = untrained_encoder(preset, out, chips)
@@ -470,10 +480,6 @@ def dense_compare(encoders: dict[str, Any], scene: DemoScene, tile: int = 64) ->
     per-patch head, half held out, so neighbouring pixels never cross the split); pixels of unknown
     land cover or masked (cloud) are not scored.
     """
-    import numpy as np
-
-    from eo_jepa.eval.dense import dense_probe, tiles
-
     truth = np.where(np.asarray(scene.valid, bool), np.asarray(scene.truth, np.int64), 0)
     items = tiles(np.asarray(scene.pixels, np.float32), truth, tile)
     per_row = scene.truth.shape[1] // tile
@@ -490,8 +496,6 @@ def dense_compare(encoders: dict[str, Any], scene: DemoScene, tile: int = 64) ->
 def backbone_rank(run_dir: Path) -> dict[str, Any]:
     """Backbone embedding RankMe (centred) on the held-out probe chips at step 0 and at the end, from
     the trainer's ``health.jsonl`` (the untrained encoder is the run's step 0); ``{}`` without it."""
-    from eo_jepa.train.health import health_rows
-
     rows = health_rows(run_dir)
     if len(rows) < 2:
         return {}
@@ -500,9 +504,6 @@ def backbone_rank(run_dir: Path) -> dict[str, Any]:
 
 def untrained_encoder(preset: Preset, out: Path, chips: str | Path) -> Any:
     """The encoder exactly as pretraining started: same seed, same construction as the trainer's."""
-    import torch
-
-    from eo_jepa.train.data import open_source
     from eo_jepa.train.loop import build_encoder_for
 
     cfg = train_config(preset, out)
@@ -511,88 +512,61 @@ def untrained_encoder(preset: Preset, out: Path, chips: str | Path) -> Any:
     return build_encoder_for(cfg, source).eval()
 
 
-class _Loaded:
-    """Chips read once into memory (the demo stores are small), shared by every encoder evaluated."""
-
-    def __init__(self, bands: tuple[str, ...], items: list[dict[str, Any]]) -> None:
-        self.bands = bands
-        self.items = items
-        self.labels = [it["label"] for it in items]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.items[i]
+def held_out_data(chips: str | Path) -> LabelledData:
+    """The quickstart's kNN split of a chip store, read into memory: the train chips are the reference
+    set, the val and test chips (in that order) the held-out set, both limited to the classes of the
+    train split. The store's splits keep AOIs whole, so no held-out chip shares an AOI with a reference."""
+    data = open_labelled(chips)
+    train = data.splits["train"]
+    classes = {data.labels[i] for i in train}
+    if len(classes) < 2:
+        raise DataError(f"The chip store {chips} has fewer than 2 labelled classes in its train split.")
+    held = [i for split in ("val", "test") for i in data.splits.get(split, ()) if data.labels[i] in classes]
+    if not held:
+        raise DataError(f"The chip store {chips} has no labelled val/test chips to evaluate on.")
+    items = [data.dataset[i] for i in range(len(data.dataset))]  # read once, shared by every encoder
+    return replace(data, dataset=items, splits={"train": train, "test": np.asarray(held, np.int64)})
 
 
 def knn_compare(
     encoders: dict[str, Any], chips: str | Path, *, k: int, shots: int = 5
 ) -> dict[str, dict[str, Any]]:
-    """Weighted kNN accuracy of each encoder on the held-out (val + test) chips.
+    """Weighted kNN accuracy of each encoder on the held-out (val + test) chips, by :func:`eo_jepa.eval.probe.evaluate`.
 
-    Two reference sets from the train split: ``shots`` chips per class (the headline ``accuracy``,
-    mean over :data:`FEWSHOT_DRAWS` seeded draws, the same draws for every encoder) and all train
-    chips (``full_accuracy``). On the demo's clean spectra the full reference set saturates (an
-    untrained network already scores ~0.97), so the few-shot setting, where pretraining is meant
-    to pay off (the LeJEPA paper reports 1- and 10-shot results the same way), is the one compared.
-    AOIs are split whole: a held-out chip never shares an AOI with a reference chip. Uses the eval
-    package's feature extractor and kNN (cosine, votes weighted by exp(similarity / 0.07)).
+    Two reference sets from the train split (:func:`held_out_data`): ``shots`` chips per class (the
+    headline ``accuracy``, mean over :data:`FEWSHOT_DRAWS` seeded draws, the same draws for every
+    encoder) and all train chips (``full_accuracy``). On the demo's clean spectra the full reference
+    set saturates (an untrained network already scores ~0.97), so the few-shot setting, where
+    pretraining is meant to pay off (the LeJEPA paper reports 1- and 10-shot results the same way),
+    is the one compared. The probe is eval's kNN (cosine, votes weighted by exp(similarity / 0.07))
+    on the ``probe`` features: ``eo-jepa eval knn --k K --shots 5,all --features probe``, with the val
+    chips held out too (the CLI holds out the test split only).
     """
-    import numpy as np
-
-    from eo_jepa.chips.dataset import ChipDataset
-    from eo_jepa.eval.datasets import fewshot_indices
-    from eo_jepa.eval.features import extract_features
-    from eo_jepa.eval.knn import knn_predict
-
-    train = ChipDataset(chips, "train")
-    classes = sorted({lab for lab in train.labels if lab is not None})
-    if len(classes) < 2:
-        raise DataError(f"The chip store {chips} has fewer than 2 labelled classes in its train split.")
-    ref = _Loaded(train.bands, [train[i] for i in range(len(train)) if train.labels[i] in classes])
-    held_items = []
-    for split in ("val", "test"):
-        ds = ChipDataset(chips, split)
-        held_items += [ds[i] for i in range(len(ds)) if ds.labels[i] in classes]
-    if not held_items:
-        raise DataError(f"The chip store {chips} has no labelled val/test chips to evaluate on.")
-    held = _Loaded(train.bands, held_items)
-    ref_y = np.array([classes.index(lab) for lab in ref.labels])
-    y = np.array([classes.index(lab) for lab in held.labels])
-    draws = [fewshot_indices(ref.labels, shots, seed) for seed in range(FEWSHOT_DRAWS)]
+    data = held_out_data(chips)
     out = {}
     for tag, encoder in encoders.items():
-        ref_x = extract_features(encoder, ref, kind="probe", desc=f"kNN reference ({tag})")
-        held_x = extract_features(encoder, held, kind="probe", desc=f"kNN held-out ({tag})")
-        pred = knn_predict(ref_x, ref_y, held_x, k=k, num_classes=len(classes))
-        few = [
-            float(
-                (
-                    knn_predict(ref_x[d], ref_y[d], held_x, k=min(k, len(d)), num_classes=len(classes)) == y
-                ).mean()
+        with _quiet("eo_jepa.eval.probe"):  # the per-probe log lines; the quickstart prints its own
+            few, full = evaluate(
+                encoder,
+                data,
+                methods=("knn",),
+                shots=(shots, None),
+                seeds=tuple(range(FEWSHOT_DRAWS)),
+                k=k,
+                features="probe",
             )
-            for d in draws
-        ]
         out[tag] = {
-            "accuracy": float(np.mean(few)),  # the headline: few labelled reference chips
-            "fewshot_std": float(np.std(few)),
-            "fewshot_draws": few,
-            "full_accuracy": float((pred == y).mean()),
-            "per_class_full": {
-                c: float((pred[y == i] == i).mean()) for i, c in enumerate(classes) if (y == i).any()
-            },
+            "accuracy": few.mean,  # the headline: few labelled reference chips
+            "fewshot_std": few.std,
+            "fewshot_draws": few.accuracies,
+            "full_accuracy": full.mean,
+            "per_class_full": full.per_class,
             "shots": shots,
-            "classes": classes,
-            "n_train": len(ref_y),
-            "n_test": len(y),
+            "classes": full.classes,
+            "n_train": full.num_train,
+            "n_test": full.num_test,
         }
     return out
-
-
-def knn_eval(encoder: Any, chips: str | Path, *, k: int) -> dict[str, Any]:
-    """:func:`knn_compare` for one encoder."""
-    return knn_compare({"encoder": encoder}, chips, k=k)["encoder"]
 
 
 @dataclass
@@ -616,16 +590,6 @@ def read_demo_scene(
     Read by :func:`eo_jepa.chips.read.read_chip` (the chip builder's reader), so the values are
     exactly what chips hold: harmonised reflectance x 10000, SCL-masked.
     """
-    import numpy as np
-    import rasterio
-    from rasterio.windows import from_bounds
-    from shapely.geometry import box
-
-    from eo_jepa.chips.grid import Location
-    from eo_jepa.chips.read import SourceCache, gdal_env, read_chip
-    from eo_jepa.demo.scenes import CLASSES
-    from eo_jepa.stac import load_static_items
-
     items = sorted(load_static_items(items_path), key=lambda it: (it.cloud_cover or 0.0, it.id))
     item = next(it for it in items if tile is None or f"_T{tile}_" in it.id)
     asset = item.assets["B04"]
@@ -672,8 +636,6 @@ def true_colour(
     Stretched between the 2nd and 98th percentile of these pixels, or of a dataset when its
     ``norm_stats`` (with ``p2``/``p98``) are given, so that chips share one colour scale.
     """
-    import numpy as np
-
     rgb = np.stack([pixels[list(bands).index(b)] for b in ("red", "green", "blue")], axis=-1).astype(
         np.float64
     )
@@ -685,28 +647,12 @@ def true_colour(
     return np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
-def pca_map(encoder: Any, pixels: Any, valid: Any) -> Any:
-    """PCA -> RGB (h, w, 3) uint8 of the encoder's dense features on ``pixels`` (eval's PCA code)."""
-    import numpy as np
-
-    from eo_jepa.eval.features import dense_features
-    from eo_jepa.eval.pca import patch_validity, pca_components, to_rgb
-
-    feats = dense_features(encoder, pixels)
-    grid = feats.shape[1:]
-    pvalid = patch_validity(np.asarray(valid, bool), int(encoder.patch_size), grid)
-    if pvalid.sum() < 2:
-        pvalid = np.ones(grid, bool)
-    return to_rgb(pca_components(feats, pvalid), pvalid)
-
-
 def write_pca_figure(path: Path, scene: DemoScene, encoders: dict[str, Any]) -> Path:
-    """True colour | land-cover truth | PCA of the dense features of each encoder, side by side."""
-    # The object-oriented API (no pyplot): no global backend switch, safe inside notebooks.
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
+    """True colour | land-cover truth | PCA of the dense features of each encoder, side by side.
 
+    Drawn with matplotlib's object-oriented API (no pyplot): no global backend switch, safe inside
+    notebooks. The PCA maps are :func:`eo_jepa.eval.pca.pca_map`'s, as ``eo-jepa viz pca`` draws them.
+    """
     colours = ["#000000", "#2b6cb0", "#2f855a", "#d69e2e", "#c05621", "#718096"]
     panels = 2 + len(encoders)
     fig = Figure(figsize=(3.2 * panels, 3.5))
@@ -721,7 +667,7 @@ def write_pca_figure(path: Path, scene: DemoScene, encoders: dict[str, Any]) -> 
     handles = [Patch(color=colours[i + 1], label=name) for i, name in enumerate(scene.classes)]
     axes[1].legend(handles=handles, fontsize=6, loc="lower left", framealpha=0.8)
     for ax, (tag, enc) in zip(axes[2:], encoders.items(), strict=True):
-        ax.imshow(pca_map(enc, scene.pixels, scene.valid), interpolation="nearest")
+        ax.imshow(pca_map(enc, scene.pixels, scene.valid)[0], interpolation="nearest")
         ax.set_title(f"PCA of features, {tag}", fontsize=9)
     for ax in axes:
         ax.set_xticks([])

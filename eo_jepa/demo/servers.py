@@ -7,6 +7,8 @@
   datetime, ``query`` (``eo:cloud_cover``) and paging exactly as they would against a public API.
 
 Nothing listens beyond 127.0.0.1 and everything is torn down when the context exits, even on errors.
+The servers' packages are the ``servers`` extra (``pip install 'eo-jepa[servers]'``, part of ``dev``);
+without them each server says which package is missing and how to install it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import importlib.util
 import json
 import logging
 import os
@@ -30,11 +33,38 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from eo_jepa.errors import MissingExtraError
 from eo_jepa.utils.proc import die_with_parent, pid_alive, stop_process
 
 log = logging.getLogger(__name__)
 
 _INSTALL_HINT = "install PostgreSQL 15 + PostGIS 3 (`bash .ci/system-deps`, Debian packages postgresql-15 postgresql-15-postgis-3)"
+
+# The modules each server imports (here or in its own process), with the PyPI package that provides them.
+_RANGE_MODULES = {"RangeHTTPServer": "rangehttpserver"}
+_STAC_API_MODULES = {
+    "psycopg": "psycopg",
+    "pypgstac": "pypgstac",
+    "uvicorn": "uvicorn",
+    "stac_fastapi.pgstac": "stac-fastapi-pgstac",
+}
+
+
+def _require(what: str, modules: Mapping[str, str]) -> None:
+    """Raise :class:`MissingExtraError` naming the uninstalled packages of ``modules`` (module -> package)."""
+    missing = [package for module, package in modules.items() if not _importable(module)]
+    if missing:
+        raise MissingExtraError(
+            f"The {what} needs the package(s) {', '.join(missing)}, which are not installed; "
+            "install the servers extra: pip install 'eo-jepa[servers]'."
+        )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package is missing, or the module is blocked (None)
+        return False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -73,6 +103,7 @@ def range_http_server(
         with range_http_server(scenes.cog_dir) as url:
             rasterio.open(f"{url}/<item id>/B04.tif").read(1, window=...)  # Range requests
     """
+    _require("range HTTP server", _RANGE_MODULES)
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"Cannot serve {root}: it is not a folder.")
@@ -165,6 +196,7 @@ def fault_http_server(fault: str, *, host: str = "127.0.0.1", **options: Any) ->
     """
     if fault not in FAULTS:
         raise ValueError(f"Unknown fault {fault!r}; choose one of {', '.join(FAULTS)}.")
+    _require(f"{fault} server", _RANGE_MODULES)
     if fault == "switch" and not options.get("root"):
         raise ValueError("The 'switch' fault server needs root= (the folder to serve).")
     options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
@@ -381,6 +413,7 @@ def stac_api_server(
     ItemCollection/FeatureCollection JSON file. Needs PostgreSQL + PostGIS binaries (RuntimeError naming the
     missing piece otherwise). Runs as root too (the cluster runs as the ``postgres`` user).
     """
+    _require("STAC API server", _STAC_API_MODULES)
     bindir = find_postgres_bindir()
     coll = _as_json(collection)
     loaded = _as_json(items)

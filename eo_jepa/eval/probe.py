@@ -35,6 +35,7 @@ class ProbeResult:
     num_test: int
     classes: list[str] = field(default_factory=list)
     features: str = "probe"  # which features the probe used (eo_jepa.eval.features.FEATURE_KINDS)
+    per_class: dict[str, float] = field(default_factory=dict)  # accuracy per test class, mean over seeds
 
     @property
     def mean(self) -> float:
@@ -81,6 +82,7 @@ def run_probe(
     # Full-data kNN has no randomness: one run, whatever the seeds.
     run_seeds = list(seeds) if (shots is not None or method == "linear") else [int(seeds[0])]
     accs: list[float] = []
+    hits: dict[str, list[float]] = {c: [] for c in classes if (yte == code[c]).any()}
     n_train = len(ytr)
     for seed in run_seeds:
         sel = np.arange(len(ytr)) if shots is None else fewshot_indices(list(train_labels), shots, seed)
@@ -96,7 +98,12 @@ def run_probe(
         else:
             raise ValueError(f"unknown probe method {method!r}")
         accs.append(accuracy(pred, yte))
-    return ProbeResult(method, shots, accs, [int(s) for s in run_seeds], n_train, len(yte), classes)
+        for c in hits:
+            hits[c].append(accuracy(pred[yte == code[c]], yte[yte == code[c]]))
+    per_class = {c: float(np.mean(v)) for c, v in hits.items()}
+    return ProbeResult(
+        method, shots, accs, [int(s) for s in run_seeds], n_train, len(yte), classes, per_class=per_class
+    )
 
 
 def evaluate(

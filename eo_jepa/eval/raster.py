@@ -20,7 +20,8 @@ import numpy as np
 from eo_jepa.errors import DataError
 from eo_jepa.eval.datasets import raster_band_names
 from eo_jepa.eval.features import band_selection, check_channels
-from eo_jepa.utils.io import atomic_path, atomic_write_bytes
+from eo_jepa.utils.geotiff import write_geotiff as write_geotiff  # the one GeoTIFF writer, re-exported
+from eo_jepa.utils.io import atomic_write_bytes
 
 
 @dataclass
@@ -60,45 +61,6 @@ def feature_transform(transform: Any, patch_size: int) -> Any:
     from affine import Affine
 
     return transform @ Affine.scale(patch_size)
-
-
-def write_geotiff(
-    path: str | Path,
-    array: np.ndarray,
-    *,
-    crs: Any,
-    transform: Any,
-    nodata: float | None = None,
-    descriptions: Sequence[str] | None = None,
-) -> Path:
-    """Write (B, H, W) or (H, W) as a tiled, deflate-compressed GeoTIFF, atomically."""
-    import rasterio
-
-    path = Path(path)
-    arr = array[None] if array.ndim == 2 else array
-    profile = {
-        "driver": "GTiff",
-        "height": arr.shape[1],
-        "width": arr.shape[2],
-        "count": arr.shape[0],
-        "dtype": arr.dtype.name,
-        "crs": crs,
-        "transform": transform,
-        "compress": "deflate",
-    }
-    if arr.shape[1] >= 16 and arr.shape[2] >= 16:
-        profile.update(
-            tiled=True,
-            blockxsize=256 if arr.shape[2] >= 256 else 16,
-            blockysize=256 if arr.shape[1] >= 256 else 16,
-        )
-    if nodata is not None:
-        profile["nodata"] = nodata
-    with atomic_path(path, suffix=".tmp.tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(arr)
-        for i, d in enumerate(descriptions or [], start=1):
-            dst.set_band_description(i, d)
-    return path
 
 
 def upsample(
