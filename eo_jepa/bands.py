@@ -159,7 +159,7 @@ class Sensor:
         by the planner); else None."""
         return None
 
-    def harmonisation_note(self, harmonize: bool, applied: Sequence[dict[str, Any]]) -> str | None:
+    def harmonization_note(self, harmonize: bool, applied: Sequence[dict[str, Any]]) -> str | None:
         """The data card's sentence on what was done to the digital numbers; ``applied``: the
         ``dataset.json`` ``harmonisation`` entries (offset, source, chips). None without an offset rule."""
         return None
@@ -208,7 +208,7 @@ class Sentinel2L2A(Sensor):
             return f"no s2:processing_baseline: offset {offset} decided by its {decided_by}"
         return None
 
-    def harmonisation_note(self, harmonize: bool, applied: Sequence[dict[str, Any]]) -> str | None:
+    def harmonization_note(self, harmonize: bool, applied: Sequence[dict[str, Any]]) -> str | None:
         if not harmonize:
             return "none (harmonize=false: scales of scenes before/after processing baseline 04.00 differ)"
         shifted = [a for a in applied if a["offset"]]

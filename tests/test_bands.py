@@ -70,7 +70,7 @@ def test_a_sensor_without_rules_keeps_its_numbers_and_reads_no_mask():
     naip = get_sensor("naip")
     assert naip.offset_for(SimpleNamespace(baseline="05.09", datetime="2024-06-01T00:00:00Z")) == (0, "none")
     assert naip.mask_key(PLANETARY_COMPUTER) is None and naip.mask_note([3]) is None
-    assert naip.harmonisation_note(True, []) is None and not naip.multi_resolution
+    assert naip.harmonization_note(True, []) is None and not naip.multi_resolution
     with pytest.raises(NotImplementedError, match="'naip' has no quality mask"):
         naip.mask_from(np.zeros((2, 2), np.uint8), [3])
     item = SimpleNamespace(id="x", baseline=None, product_uri=None, datetime="2023-03-01T10:00:00Z")

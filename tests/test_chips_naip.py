@@ -46,10 +46,10 @@ def naip(tmp_path_factory):
     }  # fmt: skip
     items = root / "items.json"
     items.write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
-    centre = footprint.centroid
+    center = footprint.centroid
     aois = root / "aois.geojson"
     aois.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"aoi_id": "p", "label": "urban"}, "geometry": mapping(Point(centre.x, centre.y))}
+        {"type": "Feature", "properties": {"aoi_id": "p", "label": "urban"}, "geometry": mapping(Point(center.x, center.y))}
     ]}))  # fmt: skip
     return root, items, aois, data
 

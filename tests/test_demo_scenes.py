@@ -133,7 +133,7 @@ def test_baseline_offset_exactly_on_new_baselines(scenes, items):
     assert values.max() < 150 and values.min() > 0, medians  # one scale once harmonised
 
 
-def _harmonised_20m(item, key):
+def _harmonized_20m(item, key):
     offset = -s2_offset_for_baseline(item["properties"]["s2:processing_baseline"])
     return _to_20m(_read(item["assets"][key]["href"])[0].astype(float)) - offset
 
@@ -141,7 +141,7 @@ def _harmonised_20m(item, key):
 def test_scl_marks_clouds_where_bands_are_bright(items):
     seen_cloud = seen_shadow = False
     reference = min(items, key=lambda it: it["properties"]["eo:cloud_cover"])
-    ref_nir, ref_clear = _harmonised_20m(reference, "B08"), np.isin(_scl(reference), (4, 5, 6))
+    ref_nir, ref_clear = _harmonized_20m(reference, "B08"), np.isin(_scl(reference), (4, 5, 6))
     for it in items:
         scl = _scl(it)
         offset = -s2_offset_for_baseline(it["properties"]["s2:processing_baseline"])
@@ -156,7 +156,7 @@ def test_scl_marks_clouds_where_bands_are_bright(items):
         shadow = (scl == 3) & ref_clear
         if shadow.sum() > 50:
             seen_shadow = True
-            ratio = _harmonised_20m(it, "B08")[shadow] / ref_nir[shadow]
+            ratio = _harmonized_20m(it, "B08")[shadow] / ref_nir[shadow]
             assert np.median(ratio) < 0.7
     assert seen_cloud and seen_shadow
 

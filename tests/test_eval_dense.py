@@ -24,7 +24,7 @@ from eo_jepa.eval.dense import (
 PALETTE = {1: (200, 30, 30), 2: (30, 200, 30), 3: (30, 30, 200), 4: (220, 220, 40)}
 
 
-def colour_patches(rng: np.random.Generator, grid: int = 4, patch: int = 8) -> SegmentationItem:
+def color_patches(rng: np.random.Generator, grid: int = 4, patch: int = 8) -> SegmentationItem:
     """An RGB image whose every ``patch`` x ``patch`` block is one palette colour (plus noise); mask = its code."""
     codes = rng.integers(1, len(PALETTE) + 1, size=(grid, grid))
     mask = np.kron(codes, np.ones((patch, patch), np.int64))
@@ -35,8 +35,8 @@ def colour_patches(rng: np.random.Generator, grid: int = 4, patch: int = 8) -> S
 
 def test_per_patch_colour_classes_are_segmented_perfectly():
     rng = np.random.default_rng(0)
-    train = [colour_patches(rng) for _ in range(6)]
-    test = [colour_patches(rng) for _ in range(3)]
+    train = [color_patches(rng) for _ in range(6)]
+    test = [color_patches(rng) for _ in range(3)]
     enc = RandomProjectionEncoder(
         ("red", "green", "blue"), patch_size=8, embed_dim=64, img_size=32,
         norm_stats={b: {"mean": 120.0, "std": 80.0} for b in ("red", "green", "blue")},
@@ -89,7 +89,7 @@ def _write_pairs(root, names, rng, split=None, img_dir="images", mask_dir="masks
     (base / img_dir).mkdir(parents=True, exist_ok=True)
     (base / mask_dir).mkdir(parents=True, exist_ok=True)
     for name in names:
-        it = colour_patches(rng)
+        it = color_patches(rng)
         Image.fromarray(np.clip(it.pixels, 0, 255).astype(np.uint8).transpose(1, 2, 0)).save(
             base / img_dir / f"{name}.png"
         )

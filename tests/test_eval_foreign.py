@@ -53,9 +53,9 @@ def test_eval_knn_on_a_foreign_file_needs_norm_and_works_with_it(meta_pth, tmp_p
 
 def test_the_cli_loader_applies_the_named_normalisation(meta_pth):
     from eo_jepa.eval.cli import _load
-    from eo_jepa.models.registry import NORMALISATIONS
+    from eo_jepa.models.registry import NORMALIZATIONS
 
-    sat = NORMALISATIONS["sat493m"]
+    sat = NORMALIZATIONS["sat493m"]
     enc = _load(str(meta_pth), "cpu", "sat493m")
     assert list(enc.bands) == ["red", "green", "blue"]
     assert [enc.norm_stats[b]["mean"] for b in enc.bands] == pytest.approx(sat["mean"])

@@ -21,9 +21,9 @@ from eo_jepa.eval.probe import accuracy, evaluate, run_probe
 
 def clustered(n_per: int, n_cls: int, dim: int, seed: int, spread: float = 1.5):
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_cls, dim)) * 2
+    centers = rng.standard_normal((n_cls, dim)) * 2
     y = np.repeat(np.arange(n_cls), n_per)
-    x = centres[y] + spread * rng.standard_normal((len(y), dim))
+    x = centers[y] + spread * rng.standard_normal((len(y), dim))
     return x.astype(np.float32), y
 
 

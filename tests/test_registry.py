@@ -19,7 +19,7 @@ from eo_jepa.models.checkpoint import save_encoder
 from eo_jepa.models.dinov3 import CORE_JEPA_PREFIX
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SAT = registry.NORMALISATIONS["sat493m"]
+SAT = registry.NORMALIZATIONS["sat493m"]
 
 
 @pytest.fixture
@@ -238,7 +238,7 @@ def test_local_file_without_normalisation_is_refused_with_the_fixing_call(tmp_pa
     assert exc.value.code == 0
     info = json.loads(capsys.readouterr().out)
     assert info["format"] == "meta-dinov3" and info["arch"] == "dinov3_vits16_qkvb"
-    assert info["load"] == call and info["carries_normalisation"] is False and info["patch_size"] == 16
+    assert info["load"] == call and info["carries_normalization"] is False and info["patch_size"] == 16
 
 
 def test_cached_named_model_makes_no_network_call_even_online(tmp_path, hub_cache, monkeypatch):

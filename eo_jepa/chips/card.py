@@ -28,7 +28,7 @@ def _fmt(value: Any) -> str:
 
 def _processing(cfg: dict[str, Any], sensor: Sensor, applied: list[dict[str, Any]] | None) -> str:
     lines = []
-    harmonisation = sensor.harmonisation_note(cfg["harmonize"], applied or [])
+    harmonisation = sensor.harmonization_note(cfg["harmonize"], applied or [])
     if harmonisation is not None:
         lines.append(f"- Harmonisation: {harmonisation}.")
     mask = sensor.mask_note(cfg["mask_classes"])

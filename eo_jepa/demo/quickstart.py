@@ -628,7 +628,7 @@ def read_demo_scene(
     return DemoScene(chip.pixels.astype(np.float32), chip.valid, truth, CLASSES, item.id)
 
 
-def true_colour(
+def true_color(
     pixels: Any, bands: tuple[str, ...] = DEMO_BANDS, stats: dict[str, dict[str, float]] | None = None
 ) -> Any:
     """(H, W, 3) float in [0, 1] from red/green/blue (C, H, W) raw values.
@@ -653,18 +653,18 @@ def write_pca_figure(path: Path, scene: DemoScene, encoders: dict[str, Any]) -> 
     Drawn with matplotlib's object-oriented API (no pyplot): no global backend switch, safe inside
     notebooks. The PCA maps are :func:`eo_jepa.eval.pca.pca_map`'s, as ``eo-jepa viz pca`` draws them.
     """
-    colours = ["#000000", "#2b6cb0", "#2f855a", "#d69e2e", "#c05621", "#718096"]
+    colors = ["#000000", "#2b6cb0", "#2f855a", "#d69e2e", "#c05621", "#718096"]
     panels = 2 + len(encoders)
     fig = Figure(figsize=(3.2 * panels, 3.5))
     axes = fig.subplots(1, panels)
-    axes[0].imshow(true_colour(scene.pixels))
+    axes[0].imshow(true_color(scene.pixels))
     axes[0].set_title("true colour (masked: cloud)", fontsize=9)
     axes[0].contour(~scene.valid, levels=[0.5], colors="red", linewidths=0.5)
     axes[1].imshow(
-        scene.truth, cmap=ListedColormap(colours), vmin=0, vmax=len(colours) - 1, interpolation="nearest"
+        scene.truth, cmap=ListedColormap(colors), vmin=0, vmax=len(colors) - 1, interpolation="nearest"
     )
     axes[1].set_title("land-cover truth", fontsize=9)
-    handles = [Patch(color=colours[i + 1], label=name) for i, name in enumerate(scene.classes)]
+    handles = [Patch(color=colors[i + 1], label=name) for i, name in enumerate(scene.classes)]
     axes[1].legend(handles=handles, fontsize=6, loc="lower left", framealpha=0.8)
     for ax, (tag, enc) in zip(axes[2:], encoders.items(), strict=True):
         ax.imshow(pca_map(enc, scene.pixels, scene.valid)[0], interpolation="nearest")

@@ -174,12 +174,12 @@ def write_synthetic_layouts(
         for c in range(classes):
             cls = f"{layout.example}{c}" if c else layout.example
             (base / cls).mkdir(parents=True, exist_ok=True)
-            centre = rng.uniform(0.15, 0.85, 13)
+            center = rng.uniform(0.15, 0.85, 13)
             for i in range(per_class):
                 _yy, xx = np.mgrid[0:size, 0:size] / size
                 texture = 0.08 * np.sin(2 * np.pi * (rng.uniform(1, 3) * xx + rng.uniform(0, 1)))[None]
                 img = np.clip(
-                    centre[:, None, None] + texture + 0.06 * rng.standard_normal((13, size, size)), 0, 1
+                    center[:, None, None] + texture + 0.06 * rng.standard_normal((13, size, size)), 0, 1
                 )
                 if name == "eurosat-ms":
                     data = (img * 4000).astype(np.uint16)

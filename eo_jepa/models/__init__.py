@@ -22,7 +22,7 @@ _EXPORTS = {
     "create_backbone": "eo_jepa.models.vit",
     "ModelSpec": "eo_jepa.models.registry",
     "markdown_table": "eo_jepa.models.registry",
-    "NORMALISATIONS": "eo_jepa.models.registry",
+    "NORMALIZATIONS": "eo_jepa.models.registry",
     "build_encoder": "eo_jepa.models.api",
     "list_models": "eo_jepa.models.api",
     "load": "eo_jepa.models.api",

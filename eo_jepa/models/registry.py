@@ -22,7 +22,7 @@ RGB8_SCALE = 1 / 255
 CONVERTERS = ("eo-jepa", "meta-dinov3", "core-jepa", "legacy", "timm", "auto")
 
 # Named normalisations: statistics are in the units after ``scale`` (RGB in [0, 1]).
-NORMALISATIONS: dict[str, dict[str, Any]] = {
+NORMALIZATIONS: dict[str, dict[str, Any]] = {
     # DINOv3 SAT-493M (Maxar satellite) weights, from Meta's DINOv3 release.
     "sat493m": {"mean": (0.430, 0.411, 0.296), "std": (0.213, 0.156, 0.143), "scale": RGB8_SCALE},
     # DINOv3 LVD-1689M (web images): the ImageNet statistics.
@@ -42,7 +42,7 @@ class ModelSpec:
     bands: tuple[str, ...]
     converter: str  # one of CONVERTERS
     norm: str | Mapping[str, Mapping[str, float]] = (
-        "checkpoint"  # a NORMALISATIONS key or {band: {mean, std}}
+        "checkpoint"  # a NORMALIZATIONS key or {band: {mean, std}}
     )
     input_scale: float | None = None  # None: the named normalisation's scale (or 1)
     sensor: str | None = None
@@ -67,7 +67,7 @@ class ModelSpec:
         """Statistics by band, or None when they come from the checkpoint."""
         if isinstance(self.norm, Mapping):
             return {b: dict(v) for b, v in self.norm.items()}
-        named = NORMALISATIONS[self.norm]
+        named = NORMALIZATIONS[self.norm]
         if not named:
             return None
         return {
@@ -78,7 +78,7 @@ class ModelSpec:
         if self.input_scale is not None:
             return self.input_scale
         if isinstance(self.norm, str) and self.norm != "checkpoint":
-            return float(NORMALISATIONS[self.norm]["scale"])
+            return float(NORMALIZATIONS[self.norm]["scale"])
         return None
 
     def summary(self) -> dict[str, Any]:
@@ -166,9 +166,9 @@ def register_model(spec: ModelSpec | None = None, *, overwrite: bool = False, **
         )
     if spec.converter not in CONVERTERS:
         raise ConfigError(f"Unknown converter {spec.converter!r}; choose from {', '.join(CONVERTERS)}.")
-    if isinstance(spec.norm, str) and spec.norm not in NORMALISATIONS:
+    if isinstance(spec.norm, str) and spec.norm not in NORMALIZATIONS:
         raise ConfigError(
-            f"Unknown normalisation {spec.norm!r}; choose from {', '.join(NORMALISATIONS)} or a dict."
+            f"Unknown normalisation {spec.norm!r}; choose from {', '.join(NORMALIZATIONS)} or a dict."
         )
     if spec.arch is not None:
         get_arch(spec.arch)
@@ -235,14 +235,14 @@ def spec_dict(name: str) -> dict[str, Any]:
 def named_norm(
     norm: str | Mapping[str, Mapping[str, float]] | None, bands: Sequence[str] | None
 ) -> tuple[dict[str, dict[str, float]] | None, float | None]:
-    """``(norm_stats, input_scale)`` of a ``norm=`` argument: a :data:`NORMALISATIONS` name (RGB) or a dict."""
+    """``(norm_stats, input_scale)`` of a ``norm=`` argument: a :data:`NORMALIZATIONS` name (RGB) or a dict."""
     if norm is None:
         return None, None
     if isinstance(norm, Mapping):
         return {str(b): {"mean": float(v["mean"]), "std": float(v["std"])} for b, v in norm.items()}, None
-    named = NORMALISATIONS.get(str(norm))
+    named = NORMALIZATIONS.get(str(norm))
     if not named:
-        choices = [n for n in NORMALISATIONS if NORMALISATIONS[n]]
+        choices = [n for n in NORMALIZATIONS if NORMALIZATIONS[n]]
         raise ConfigError(
             f"Unknown normalisation {norm!r}; choose from {', '.join(choices)} or pass {{band: {{'mean', 'std'}}}}."
             f"{did_you_mean(str(norm), choices)}"

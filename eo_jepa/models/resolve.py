@@ -341,7 +341,7 @@ def file_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         "sha256": sha256_file(p),
     }
     if fmt == "legacy":
-        info["carries_normalisation"] = True
+        info["carries_normalization"] = True
         info["config"] = dict(obj.get("config") or {})
         info["load"] = f"eo_jepa.load({str(p)!r})"
         return info
@@ -359,6 +359,6 @@ def file_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     weight = state.get("patch_embed.proj.weight")
     if weight is not None:
         info["in_chans"], info["patch_size"] = int(weight.shape[1]), int(weight.shape[-1])
-    info["carries_normalisation"] = False
+    info["carries_normalization"] = False
     info["load"] = fixing_call(p, fmt)
     return info
