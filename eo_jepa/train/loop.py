@@ -42,6 +42,7 @@ from eo_jepa.train.checkpointing import resume_state, rng_state, save_state, set
 from eo_jepa.train.config import TrainConfig
 from eo_jepa.utils.io import atomic_write_json, atomic_write_text
 from eo_jepa.utils.logging import progress_disabled
+from eo_jepa.utils.precision import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +134,6 @@ def data_card_reference(root: Path) -> dict[str, Any]:
             name = json.loads(info.read_text()).get("config", {}).get("name", name)
         ref = {"data_card": str(card.resolve()), "data_card_id": f"{name}@sha256:{digest}"}
     return ref
-
-
-def _autocast(precision: str, device: torch.device) -> tuple[Any, str]:
-    """(context manager factory, resolved precision)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext, precision
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("optim.precision='fp16' needs a GPU; use bf16 or fp32 on CPU.")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return (lambda: torch.autocast(device_type=device.type, dtype=dtype)), precision
 
 
 def build_encoder_for(cfg: TrainConfig, source: Any) -> Any:
@@ -363,7 +352,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, total, warmup, cfg.optim.final_lr_ratio)
         )
-        autocast, precision = _autocast(cfg.optim.precision, env.device)
+        precision = resolve_precision(cfg.optim.precision, env.device)
         scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
 
         step, epoch, batch_pos = 0, 0, 0
@@ -458,7 +447,7 @@ def train(cfg: TrainConfig, *, data: str | Path | None = None, resume: bool = Fa
                     else wrapped.no_sync()
                 )
                 with sync:
-                    with autocast():
+                    with autocast(env.device, precision):
                         _, proj_g, proj_l = wrapped(glob, loc)
                         out = loss_fn(
                             proj_g.float(), None if proj_l is None else proj_l.float(), model.embeddings
