@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from eo_jepa.config import to_dict
-from eo_jepa.errors import ConfigError, DataError
+from eo_jepa.errors import ConfigError, DataError, MissingNormStatsError
 from eo_jepa.train import distributed as D
 from eo_jepa.train.checkpointing import resume_state, rng_state, save_state, set_rng_state
 from eo_jepa.train.config import TrainConfig
@@ -149,9 +149,7 @@ def build_encoder_for(cfg: TrainConfig, source: Any) -> Any:
         return build_encoder(cfg.model.arch, source.bands, norm_stats=source.norm_stats, **kwargs)
     try:
         return build_encoder(cfg.model.arch, source.bands, pretrained=cfg.model.init, **kwargs)
-    except ConfigError as exc:
-        if "norm_stats" not in str(exc):
-            raise
+    except MissingNormStatsError:
         log.info("%s lacks statistics for some bands; using the dataset's norm_stats.", cfg.model.init)
         return build_encoder(
             cfg.model.arch, source.bands, pretrained=cfg.model.init, norm_stats=source.norm_stats, **kwargs
