@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from eo_jepa.errors import ConfigError
+from eo_jepa.utils.allreduce import sum_over_ranks_grad_summed
 
 log = logging.getLogger(__name__)
 
@@ -103,23 +104,6 @@ def wrap(model: nn.Module, env: DistEnv, strategy: str = "ddp") -> nn.Module:
     return DDP(model, device_ids=ids, broadcast_buffers=True)
 
 
-class _AllReduceSumGrad(torch.autograd.Function):
-    """Sum over ranks; the backward sums the incoming gradients over ranks too (each rank's
-    output feeds every rank's loss through the shared statistics)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        out = x.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        out = grad.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
-
-
 class CpuSyncBatchNorm(nn.BatchNorm1d):
     """BatchNorm1d whose batch statistics cover all ranks, for CPU/gloo (``nn.SyncBatchNorm`` is GPU-only).
 
@@ -133,7 +117,7 @@ class CpuSyncBatchNorm(nn.BatchNorm1d):
             self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         ):
             return super().forward(x)
-        all_reduce = _AllReduceSumGrad.apply
+        all_reduce = sum_over_ranks_grad_summed
         n_local = torch.tensor([float(x.shape[0])], dtype=x.dtype, device=x.device)
         summed = all_reduce(torch.cat([x.sum(0), n_local]))
         n = summed[-1]
