@@ -372,13 +372,13 @@ def train_config(preset: Preset, out: Path) -> Any:
 
 
 def _step_pretrain(out: Path, preset: Preset, result: QuickstartResult, say: Say) -> dict[str, Any]:
-    from eo_jepa.train.loop import CHECKPOINT_DIR, LAST, METRICS, train
+    from eo_jepa.train.trainer import CHECKPOINT_DIR, LAST, METRICS, run_training
 
     cfg = train_config(preset, out)
     resume = (cfg.run_dir / CHECKPOINT_DIR / LAST).is_file()  # an interrupted run continues exactly
     if resume:
         say("      resuming the interrupted training run")
-    run_dir = train(cfg, data=result.output("chips", "root"), resume=resume)
+    run_dir = run_training(cfg, data=result.output("chips", "root"), resume=resume)
     rows = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
     first, last = rows[0], rows[-1]
     say(f"      {last['step']} steps: loss {first['loss']:.4f} -> {last['loss']:.4f}")
@@ -503,7 +503,7 @@ def untrained_encoder(preset: Preset, out: Path, chips: str | Path) -> Any:
     import torch
 
     from eo_jepa.train.data import open_source
-    from eo_jepa.train.loop import build_encoder_for
+    from eo_jepa.train.model import build_encoder_for
 
     cfg = train_config(preset, out)
     source = open_source(cfg.data, chips)

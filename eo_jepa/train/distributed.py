@@ -25,7 +25,6 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -150,10 +149,6 @@ def sync_batchnorm(model: nn.Module, env: DistEnv) -> nn.Module:
     return model
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-
-
 def barrier(env: DistEnv) -> None:
     if env.distributed and dist.is_initialized():
         dist.barrier()
@@ -181,21 +176,3 @@ def elastic_resume(ckpt_path: Path) -> bool:
         return False
     log.warning("Restarted by torchrun: resuming from %s.", ckpt_path)
     return True
-
-
-def optim_state_by_name(model: nn.Module, optimizer: Any, state: dict[str, Any]) -> dict[str, Any]:
-    """An optimizer state dict keyed by parameter name, as FSDP's ``set_optimizer_state_dict`` takes
-    it; a plain ``optimizer.state_dict()`` (keyed by position, written by a DDP or single-process run)
-    is translated through the optimizer's parameter order, which is the same whatever the wrapping."""
-    if not any(isinstance(k, int) for k in state.get("state", {})) and not any(
-        isinstance(i, int) for g in state.get("param_groups", []) for i in g["params"]
-    ):
-        return state  # already by name
-    name_of = {id(p): n for n, p in model.named_parameters()}
-    names = [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
-    return {
-        "state": {names[int(i)]: v for i, v in state["state"].items()},
-        "param_groups": [
-            {**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]
-        ],
-    }
