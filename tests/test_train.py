@@ -251,6 +251,34 @@ def test_continued_pretraining_starts_from_meta_dinov3(tmp_path, monkeypatch):
     assert math.isfinite(row["loss"])
 
 
+def test_model_init_without_statistics_for_new_bands_normalises_with_the_datasets(store, tmp_path):
+    """model.init = an RGB checkpoint, 5-band data: the checkpoint has no statistics for nir/swir16, so
+    the trainer's encoder and an init-checkpoint Gram teacher use the dataset's for every band (any
+    other error of the checkpoint still stops the run)."""
+    from eo_jepa.models import build_encoder, save_encoder
+    from eo_jepa.ssl.gram import load_teacher
+    from eo_jepa.train.data import open_source
+    from eo_jepa.train.model import build_encoder_for
+
+    rgb = ["red", "green", "blue"]
+    saved = build_encoder(
+        "vit_tiny_patch8", rgb, img_size=32, norm_stats={b: {"mean": 5.0, "std": 7.0} for b in rgb}
+    )
+    save_encoder(saved, tmp_path / "rgb")
+    cfg = load_train_config(TINY, [f"output_dir={tmp_path}", f"model.init={tmp_path / 'rgb'}"])
+    src = open_source(cfg.data, store)
+    assert set(rgb) < set(src.bands)
+    want = {b: {"mean": float(v["mean"]), "std": float(v["std"])} for b, v in src.norm_stats.items()}
+    enc = build_encoder_for(cfg, src)
+    assert list(enc.bands) == list(src.bands) and enc.norm_stats == want
+    teacher = load_teacher(str(tmp_path / "rgb"), enc)
+    assert teacher.norm_stats == want
+    with pytest.raises(ConfigError, match="initialise"):  # not a statistics problem: no fallback
+        build_encoder_for(
+            load_train_config(TINY, [f"model.init={tmp_path / 'rgb'}", "model.arch=vit_small_patch8"]), src
+        )
+
+
 def test_multi_date_training_on_a_store_from_the_real_chip_builder(demo_scenes_tiny, tmp_path):
     """Demo COGs -> build_chips (2 dates per location) -> LeJEPA with global views from two dates."""
     from eo_jepa.chips import ChipConfig, ChipDataset, build_chips
