@@ -279,6 +279,36 @@ def test_model_init_without_statistics_for_new_bands_normalises_with_the_dataset
         )
 
 
+def test_a_callback_of_the_user_sees_every_optimiser_step(store, tmp_path):
+    """Trainer(callbacks=[...]): start, then each step with the loss and lr metrics.jsonl records, then end."""
+    from eo_jepa.train import distributed
+    from eo_jepa.train.callbacks import Callback
+    from eo_jepa.train.trainer import Trainer
+
+    class Record(Callback):
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def on_start(self, trainer: Trainer) -> None:
+            self.calls.append(("start", trainer.step))
+
+        def after_step(self, trainer: Trainer, out, lr: float) -> None:
+            self.calls.append(("step", trainer.step, float(out.loss.detach()), lr))
+
+        def on_end(self, trainer: Trainer) -> None:
+            self.calls.append(("end", trainer.step))
+
+    cfg = load_train_config(
+        TINY, [f"output_dir={tmp_path}", "max_steps=3", "log.tensorboard=false", "log.rank_every=0"]
+    )
+    record = Record()
+    run = Trainer(cfg, distributed.setup(cfg.device), data=store, callbacks=[record]).fit()
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert record.calls[0] == ("start", 0) and record.calls[-1] == ("end", 3)
+    assert [c[1:] for c in record.calls[1:-1]] == [(r["step"], r["loss"], r["lr"]) for r in rows]
+    assert len(rows) == 3
+
+
 def test_multi_date_training_on_a_store_from_the_real_chip_builder(demo_scenes_tiny, tmp_path):
     """Demo COGs -> build_chips (2 dates per location) -> LeJEPA with global views from two dates."""
     from eo_jepa.chips import ChipConfig, ChipDataset, build_chips
