@@ -97,7 +97,7 @@ def run_one(chips: Path, out: Path, name: str, overrides: list[str], seed: int, 
     from eo_jepa.demo.quickstart import get_preset, train_config
     from eo_jepa.train.config import load_train_config
     from eo_jepa.train.health import health_rows
-    from eo_jepa.train.loop import METRICS, train
+    from eo_jepa.train.trainer import METRICS, run_training
 
     base = to_dict(train_config(get_preset("small"), out))
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def run_one(chips: Path, out: Path, name: str, overrides: list[str], seed: int, 
         extra.append(f"max_steps={steps}")
     cfg = load_train_config(path, [*overrides, *extra])
     t0 = time.perf_counter()
-    run = train(cfg, data=chips)
+    run = run_training(cfg, data=chips)
     health = health_rows(run)
     rows = [json.loads(ln) for ln in (run / METRICS).read_text().splitlines() if ln.strip()]
     first, last = health[0], health[-1]

@@ -86,7 +86,7 @@ def _time_interleaved(
 def bench_step(device: torch.device, batch: int, repeats: int, slices: int) -> dict[str, float]:
     from eo_jepa.models import build_encoder
     from eo_jepa.ssl import LeJEPALoss, Projector
-    from eo_jepa.train.loop import LeJEPAModel
+    from eo_jepa.train.model import LeJEPAModel
 
     bands = ["red", "green", "blue", "nir", "swir16"]
     torch.manual_seed(0)
@@ -110,7 +110,7 @@ def bench_step(device: torch.device, batch: int, repeats: int, slices: int) -> d
 
     def lejepa() -> None:
         with autocast():
-            _, pg, pl = model(glob, loc)
+            pg, pl = model(glob, loc)
             out = loss_fn(pg.float(), pl.float())
         out.loss.backward()
 
@@ -200,7 +200,7 @@ def bench_gram(
     from eo_jepa.models import build_encoder
     from eo_jepa.ssl import LeJEPALoss, Projector
     from eo_jepa.ssl.gram import GramAnchor, encode, frozen_copy
-    from eo_jepa.train.loop import LeJEPAModel
+    from eo_jepa.train.model import LeJEPAModel
 
     torch.manual_seed(0)
     enc = build_encoder(arch, bands, img_size=size, norm_stats={b: {"mean": 0.0, "std": 1.0} for b in bands})
@@ -218,7 +218,7 @@ def bench_gram(
 
     def step(gram: bool) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            _, pg, pl = (model_g if gram else model)(glob, loc)
+            pg, pl = (model_g if gram else model)(glob, loc)
             out = loss_fn(pg.float(), pl.float())
             if gram:
                 out = anchor.add_to(out, (glob, loc), model_g.patches)

@@ -125,13 +125,13 @@ def finish_start_model(qs: Path, preset: Any) -> None:
     publishing (or for larger chips), its pretraining run resumed or run (same recipe, one torch
     thread) and published, as the quickstart does."""
     from eo_jepa.demo.quickstart import train_config
-    from eo_jepa.train.loop import CHECKPOINT_DIR, LAST, train
     from eo_jepa.train.publish import publish
+    from eo_jepa.train.trainer import CHECKPOINT_DIR, LAST, run_training
 
     if (qs / "model").is_dir():
         return
     cfg = dataclasses.replace(train_config(preset, qs), num_threads=1)
-    run = train(cfg, data=qs / "chips", resume=(cfg.run_dir / CHECKPOINT_DIR / LAST).is_file())
+    run = run_training(cfg, data=qs / "chips", resume=(cfg.run_dir / CHECKPOINT_DIR / LAST).is_file())
     publish(run, qs / "model")
 
 
@@ -155,8 +155,8 @@ def dense_probe_miou(encoder: Any, windows: list, chip: int) -> float:
 def continue_training(qs: Path, preset: Any, seed: int, steps: int, weight: float, out: Path) -> Any:
     import eo_jepa
     from eo_jepa.demo.quickstart import train_config
-    from eo_jepa.train.loop import train
     from eo_jepa.train.publish import publish
+    from eo_jepa.train.trainer import run_training
 
     cfg = train_config(preset, out)
     name = f"{'gram' if weight else 'lejepa'}_s{seed}"
@@ -174,7 +174,7 @@ def continue_training(qs: Path, preset: Any, seed: int, steps: int, weight: floa
         log=dataclasses.replace(cfg.log, tensorboard=False, rank_every=0),
         checkpoint=dataclasses.replace(cfg.checkpoint, every=10**9),
     )
-    run = train(cfg, data=qs / "chips")
+    run = run_training(cfg, data=qs / "chips")
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     publish(run, out / "models" / name)
     return eo_jepa.load(str(out / "models" / name)), rows[-1]

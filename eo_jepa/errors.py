@@ -19,6 +19,10 @@ class ConfigError(EOJepaError, ValueError):
     """A config file, key or value is invalid."""
 
 
+class MissingNormStatsError(ConfigError):
+    """Normalisation statistics lack some of the bands asked for (e.g. a checkpoint given new bands)."""
+
+
 class NotBuiltYetError(EOJepaError, NotImplementedError):
     """A feature is planned but not implemented in this version."""
 

@@ -41,7 +41,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
 
     from eo_jepa.models import build_encoder, save_encoder
     from eo_jepa.train.config import load_train_config
-    from eo_jepa.train.loop import train
+    from eo_jepa.train.trainer import run_training
 
     root = tmp_path_factory.mktemp("bad_inputs")
     store = make_chip_store(root / "store", n_locations=8)
@@ -59,7 +59,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
             "log.tensorboard=false",
         ],
     )
-    run = train(cfg, data=store)
+    run = run_training(cfg, data=store)
     aois = root / "aois.geojson"
     aois.write_text(
         json.dumps(

@@ -137,41 +137,36 @@ def test_bad_settings_are_named():
         load_train_config(TINY, ["loss.gram.views=local"])
 
 
-def test_trainer_logs_gram_and_never_touches_the_teacher(tmp_path, monkeypatch):
+def test_trainer_logs_gram_and_never_touches_the_teacher(tmp_path):
     """The real trainer with loss.gram on: `gram` is logged beside pred/sigreg, exactly 0 at the first
     step (teacher = initial model), then positive; the teacher's tensors are bitwise unchanged, never
     get a gradient, hold no optimiser state and are not saved in the checkpoint."""
-    from eo_jepa.train import loop
+    from eo_jepa.train import distributed
     from eo_jepa.train.checkpointing import load_state
+    from eo_jepa.train.model import build_model
+    from eo_jepa.train.trainer import Trainer
 
-    made = []
-    real = G.make_gram
-
-    def spy(cfg, student, env):
-        anchor = real(cfg, student, env)
-        made.append((anchor, {k: v.clone() for k, v in anchor.state_dict().items()}))
-        return anchor
-
-    monkeypatch.setattr(G, "make_gram", spy)
     store = make_chip_store(tmp_path / "store", n_locations=16)
     cfg = load_train_config(
         TINY,
         [f"output_dir={tmp_path}", "name=g", "max_steps=4", "data.batch_size=8", "log.tensorboard=false",
          "loss.gram.weight=1.0", "loss.gram.views=all"],
     )  # fmt: skip
-    run = loop.train(cfg, data=store)
+    trainer = Trainer(cfg, distributed.setup(cfg.device), data=store)
+    anchor = trainer.gram
+    before = {k: v.clone() for k, v in anchor.state_dict().items()}
+    run = trainer.fit()
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert rows[0]["gram"] == 0.0
     assert rows[-1]["gram"] > 0.0
     assert all(r["loss"] != (1 - cfg.loss.lam) * r["pred"] + cfg.loss.lam * r["sigreg"] for r in rows[1:])
-    (anchor, before) = made[0]
     for name, p in anchor.named_parameters():
         assert not p.requires_grad and p.grad is None, name
     for k, v in anchor.state_dict().items():
         assert torch.equal(v, before[k]), k
     state = load_state(run / "checkpoints" / "last.pt")
-    n_params = sum(1 for _ in loop.build_model(cfg, anchor.encoder).parameters())
+    n_params = sum(1 for _ in build_model(cfg, anchor.encoder).parameters())
     assert len(state["optimizer"]["state"]) == n_params  # the student's and projector's only
     assert not any("anchor" in k or "teacher" in k for k in state["model"])
     student = state["model"]["encoder.backbone.blocks.0.mlp.fc1.weight"]

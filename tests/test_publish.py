@@ -14,11 +14,12 @@ from train_data import make_chip_store
 import eo_jepa
 from eo_jepa.cli import main
 from eo_jepa.errors import CheckpointError
-from eo_jepa.train import loop
 from eo_jepa.train.checkpointing import load_state
 from eo_jepa.train.config import load_train_config
 from eo_jepa.train.data import open_source
+from eo_jepa.train.model import build_encoder_for, build_model
 from eo_jepa.train.publish import publish
+from eo_jepa.train.trainer import run_training
 
 TINY = "configs/train/tiny_cpu.yaml"
 
@@ -28,7 +29,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pub")
     store = make_chip_store(root / "store", n_locations=16)
     cfg = load_train_config(TINY, [f"output_dir={root}", "name=pub", "max_steps=3", "log.tensorboard=false"])
-    return loop.train(cfg, data=store), store, cfg
+    return run_training(cfg, data=store), store, cfg
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +40,7 @@ def _cache(tmp_path, monkeypatch):
 def _trained_encoder(run_dir, store, cfg):
     """The encoder as the trainer held it: rebuilt and loaded from the full training state."""
     src = open_source(cfg.data, store)
-    model = loop.build_model(cfg, loop.build_encoder_for(cfg, src))
+    model = build_model(cfg, build_encoder_for(cfg, src))
     model.load_state_dict(load_state(run_dir / "checkpoints" / "last.pt")["model"])
     return model.encoder.eval(), src
 

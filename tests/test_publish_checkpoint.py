@@ -10,9 +10,10 @@ from safetensors.torch import load_file
 from train_data import make_chip_store
 
 from eo_jepa.cli import main
-from eo_jepa.train import loop
+from eo_jepa.train import distributed
 from eo_jepa.train.checkpointing import load_state
 from eo_jepa.train.config import load_train_config
+from eo_jepa.train.trainer import Trainer
 
 TINY = "configs/train/tiny_cpu.yaml"
 PREFIX = "encoder.backbone."
@@ -25,20 +26,10 @@ def runs(tmp_path_factory):
     common = [f"output_dir={root}", "log.tensorboard=false", "log.rank_every=0", "seed=3"]
     # what the trainer itself starts from: the encoder's weights as the trainer built its model,
     # taken before the first step
-    start: dict[str, torch.Tensor] = {}
-    real_build = loop.build_model
-
-    def spy(cfg, encoder):
-        start.update({k: v.detach().clone() for k, v in encoder.backbone.state_dict().items()})
-        return real_build(cfg, encoder)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "build_model", spy)
-        trained = loop.train(
-            load_train_config(TINY, [*common, "name=trained", "max_steps=4", "checkpoint.keep_every=2"]),
-            data=store,
-        )
-    return trained, start
+    cfg = load_train_config(TINY, [*common, "name=trained", "max_steps=4", "checkpoint.keep_every=2"])
+    trainer = Trainer(cfg, distributed.setup(cfg.device), data=store)
+    start = {k: v.detach().clone() for k, v in trainer.model.encoder.backbone.state_dict().items()}
+    return trainer.fit(), start
 
 
 def _cli(*args: str) -> None:

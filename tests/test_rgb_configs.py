@@ -27,7 +27,7 @@ def test_rgb_tile_config_is_a_valid_from_scratch_rgb_recipe(name):
 
 def test_cpu_rgb_config_trains_on_an_rgb_chip_store(tmp_path):
     from eo_jepa.train.health import health_rows
-    from eo_jepa.train.loop import train
+    from eo_jepa.train.trainer import run_training
 
     store = make_chip_store(tmp_path / "store", n_locations=16, size=64, rgb=True)
     cfg = load_train_config(
@@ -37,5 +37,5 @@ def test_cpu_rgb_config_trains_on_an_rgb_chip_store(tmp_path):
             "data.batch_size=8", "data.num_workers=0", "log.tensorboard=false", "log.health_samples=16",
         ],
     )  # fmt: skip
-    run = train(cfg, data=store)
+    run = run_training(cfg, data=store)
     assert [r["step"] for r in health_rows(run)] == [0, 2]

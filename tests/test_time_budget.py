@@ -13,7 +13,7 @@ from train_data import make_chip_store
 from eo_jepa.errors import ConfigError
 from eo_jepa.train.budget import MARGIN, MEASURE, SKIP, TimeBudget, parse_duration
 from eo_jepa.train.config import load_train_config
-from eo_jepa.train.loop import lr_factor
+from eo_jepa.train.optim import lr_factor
 
 TINY = "configs/train/tiny_cpu.yaml"
 

@@ -22,7 +22,7 @@ from eo_jepa.cli import main
 from eo_jepa.errors import CheckpointError, ConfigError
 from eo_jepa.train.checkpointing import load_state
 from eo_jepa.train.config import load_train_config
-from eo_jepa.train.loop import lr_factor
+from eo_jepa.train.optim import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "train" / "tiny_cpu.yaml"
@@ -118,9 +118,9 @@ def test_resume_refuses_to_overwrite_or_invent(store, reference_run, tmp_path, c
     assert exc.value.code == 2
     assert "already has a checkpoint; pass --resume" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="No training checkpoint"):
-        from eo_jepa.train.loop import train
+        from eo_jepa.train.trainer import run_training
 
-        train(load_train_config(TINY, [f"output_dir={tmp_path}", "name=new"]), data=store, resume=True)
+        run_training(load_train_config(TINY, [f"output_dir={tmp_path}", "name=new"]), data=store, resume=True)
 
 
 def test_bad_config_key_and_value_are_named(store, capsys):
@@ -199,13 +199,13 @@ def _assert_same_step(a: dict, b: dict, init: dict) -> None:
 
 
 def _initial_state(store: Path) -> dict[str, torch.Tensor]:
-    from eo_jepa.train import loop
     from eo_jepa.train.data import open_source
+    from eo_jepa.train.model import build_encoder_for, build_model
 
     cfg = load_train_config(TINY, [])
     torch.manual_seed(cfg.seed)
     src = open_source(cfg.data, store)
-    return loop.build_model(cfg, loop.build_encoder_for(cfg, src)).state_dict()
+    return build_model(cfg, build_encoder_for(cfg, src)).state_dict()
 
 
 def test_continued_pretraining_starts_from_meta_dinov3(tmp_path, monkeypatch):
@@ -215,8 +215,9 @@ def test_continued_pretraining_starts_from_meta_dinov3(tmp_path, monkeypatch):
     from models_fakes import fake_meta_dinov3, put_in_hf_cache
 
     from eo_jepa.models import registry
-    from eo_jepa.train import loop
     from eo_jepa.train.data import open_source
+    from eo_jepa.train.model import build_encoder_for, raw_unit_stats
+    from eo_jepa.train.trainer import run_training
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     ref, meta = fake_meta_dinov3()
@@ -237,18 +238,76 @@ def test_continued_pretraining_starts_from_meta_dinov3(tmp_path, monkeypatch):
     )  # fmt: skip
     src = open_source(cfg.data, store)
     torch.manual_seed(0)
-    enc = loop.build_encoder_for(cfg, src)
+    enc = build_encoder_for(cfg, src)
     # the checkpoint's SAT-493M normalisation is kept (in raw 8-bit units for the views)
-    raw_stats = loop.raw_unit_stats(enc)
+    raw_stats = raw_unit_stats(enc)
     assert math.isclose(raw_stats["red"]["mean"], 0.430 * 255, rel_tol=1e-6)
     assert math.isclose(raw_stats["blue"]["std"], 0.143 * 255, rel_tol=1e-6)
     raw = torch.from_numpy(np.stack([src[i]["pixels"] for i in range(2)]))
     x = enc.normalize(raw)
     with torch.no_grad():
         torch.testing.assert_close(enc(x), ref(x), rtol=1e-5, atol=1e-5)
-    run = loop.train(cfg, data=store)  # and it trains from there
+    run = run_training(cfg, data=store)  # and it trains from there
     row = json.loads((run / "metrics.jsonl").read_text())
     assert math.isfinite(row["loss"])
+
+
+def test_model_init_without_statistics_for_new_bands_normalises_with_the_datasets(store, tmp_path):
+    """model.init = an RGB checkpoint, 5-band data: the checkpoint has no statistics for nir/swir16, so
+    the trainer's encoder and an init-checkpoint Gram teacher use the dataset's for every band (any
+    other error of the checkpoint still stops the run)."""
+    from eo_jepa.models import build_encoder, save_encoder
+    from eo_jepa.ssl.gram import load_teacher
+    from eo_jepa.train.data import open_source
+    from eo_jepa.train.model import build_encoder_for
+
+    rgb = ["red", "green", "blue"]
+    saved = build_encoder(
+        "vit_tiny_patch8", rgb, img_size=32, norm_stats={b: {"mean": 5.0, "std": 7.0} for b in rgb}
+    )
+    save_encoder(saved, tmp_path / "rgb")
+    cfg = load_train_config(TINY, [f"output_dir={tmp_path}", f"model.init={tmp_path / 'rgb'}"])
+    src = open_source(cfg.data, store)
+    assert set(rgb) < set(src.bands)
+    want = {b: {"mean": float(v["mean"]), "std": float(v["std"])} for b, v in src.norm_stats.items()}
+    enc = build_encoder_for(cfg, src)
+    assert list(enc.bands) == list(src.bands) and enc.norm_stats == want
+    teacher = load_teacher(str(tmp_path / "rgb"), enc)
+    assert teacher.norm_stats == want
+    with pytest.raises(ConfigError, match="initialise"):  # not a statistics problem: no fallback
+        build_encoder_for(
+            load_train_config(TINY, [f"model.init={tmp_path / 'rgb'}", "model.arch=vit_small_patch8"]), src
+        )
+
+
+def test_a_callback_of_the_user_sees_every_optimiser_step(store, tmp_path):
+    """Trainer(callbacks=[...]): start, then each step with the loss and lr metrics.jsonl records, then end."""
+    from eo_jepa.train import distributed
+    from eo_jepa.train.callbacks import Callback
+    from eo_jepa.train.trainer import Trainer
+
+    class Record(Callback):
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def on_start(self, trainer: Trainer) -> None:
+            self.calls.append(("start", trainer.step))
+
+        def after_step(self, trainer: Trainer, out, lr: float) -> None:
+            self.calls.append(("step", trainer.step, float(out.loss.detach()), lr))
+
+        def on_end(self, trainer: Trainer) -> None:
+            self.calls.append(("end", trainer.step))
+
+    cfg = load_train_config(
+        TINY, [f"output_dir={tmp_path}", "max_steps=3", "log.tensorboard=false", "log.rank_every=0"]
+    )
+    record = Record()
+    run = Trainer(cfg, distributed.setup(cfg.device), data=store, callbacks=[record]).fit()
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert record.calls[0] == ("start", 0) and record.calls[-1] == ("end", 3)
+    assert [c[1:] for c in record.calls[1:-1]] == [(r["step"], r["loss"], r["lr"]) for r in rows]
+    assert len(rows) == 3
 
 
 def test_multi_date_training_on_a_store_from_the_real_chip_builder(demo_scenes_tiny, tmp_path):
@@ -256,7 +315,7 @@ def test_multi_date_training_on_a_store_from_the_real_chip_builder(demo_scenes_t
     from eo_jepa.chips import ChipConfig, ChipDataset, build_chips
     from eo_jepa.config import load_config
     from eo_jepa.train.data import ViewBatchDataset, build_views
-    from eo_jepa.train.loop import train
+    from eo_jepa.train.trainer import run_training
 
     chip_cfg = load_config(
         ChipConfig, ROOT / "configs" / "chips" / "s2_5band_64_demo.yaml", ["dates_per_location=2"]
@@ -277,7 +336,7 @@ def test_multi_date_training_on_a_store_from_the_real_chip_builder(demo_scenes_t
         [f"output_dir={tmp_path}", "data.multi_date=true", "data.batch_size=4", "max_steps=2",
          "log.tensorboard=false"],
     )  # fmt: skip
-    run = train(cfg, data=store)
+    run = run_training(cfg, data=store)
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
     assert json.loads((run / "data.json").read_text())["data_card_id"].startswith("s2-5band-64-demo@sha256:")

@@ -99,7 +99,7 @@ def test_raster_folder_errors(tmp_path):
 
 def test_training_on_a_raster_folder(tmp_path):
     """Training from a GeoTIFF folder (statistics from a JSON file) with gradient accumulation."""
-    from eo_jepa.train.loop import train
+    from eo_jepa.train.trainer import run_training
 
     _write_tifs(tmp_path / "tifs", n=12, size=32)
     stats = {"bands": {b: {"mean": 2500.0, "std": 1400.0} for b in ("red", "green", "blue", "nir")}}
@@ -113,7 +113,7 @@ def test_training_on_a_raster_folder(tmp_path):
             "log.tensorboard=false",
         ],
     )  # fmt: skip
-    run = train(cfg)
+    run = run_training(cfg)
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(np.isfinite(r["loss"]) for r in rows)
     # 12 files / batch 4 = 3 micro-batches per epoch = 1 optimiser step per epoch with grad_accum=2

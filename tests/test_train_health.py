@@ -154,7 +154,7 @@ def test_warns_once_when_backbone_rank_falls(caplog):
 def test_trainer_logs_health_on_held_out_probe_set(tmp_path, caplog):
     from eo_jepa.chips.dataset import ChipDataset
     from eo_jepa.train.config import load_train_config
-    from eo_jepa.train.loop import train
+    from eo_jepa.train.trainer import run_training
 
     store = make_chip_store(tmp_path / "store", n_locations=24)
     index = ChipDataset(store).index
@@ -164,7 +164,7 @@ def test_trainer_logs_health_on_held_out_probe_set(tmp_path, caplog):
         TINY, [f"output_dir={tmp_path}", "max_steps=6", "log.rank_every=3", "log.tensorboard=false"]
     )
     with caplog.at_level(logging.INFO, logger="eo_jepa.train.health"):
-        run = train(cfg, data=store)
+        run = run_training(cfg, data=store)
     assert "12 images of split val" in caplog.text
     health = [json.loads(ln) for ln in (run / HEALTH).read_text().splitlines()]
     assert [r["step"] for r in health] == [0, 3, 6]
@@ -197,7 +197,7 @@ def test_resume_drops_later_health_rows_and_keeps_the_start(tmp_path):
 
 def test_trainer_scales_lam_to_its_batch_when_lam_batch_is_set():
     from eo_jepa.train.config import load_train_config
-    from eo_jepa.train.loop import make_loss
+    from eo_jepa.train.model import make_loss
 
     plain = make_loss(load_train_config(TINY, ["loss.lam=0.05"]))
     assert plain.lam == 0.05

@@ -18,8 +18,8 @@ from train_data import make_chip_store
 from eo_jepa.errors import CheckpointError, ConfigError, DiskFullError
 from eo_jepa.train.checkpointing import load_state, resume_state, save_state, verify_state
 from eo_jepa.train.config import load_train_config
-from eo_jepa.train.loop import train
 from eo_jepa.train.publish import publish
+from eo_jepa.train.trainer import run_training
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny_cpu.yaml")
 
@@ -38,7 +38,7 @@ def store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(store, tmp_path_factory) -> Path:
     """A 2-step run checkpointed every step: last.pt (step 2) and prev.pt (step 1)."""
-    return train(_cfg(tmp_path_factory.mktemp("runs"), "max_steps=2"), data=store)
+    return run_training(_cfg(tmp_path_factory.mktemp("runs"), "max_steps=2"), data=store)
 
 
 @pytest.fixture(autouse=True)
@@ -116,7 +116,7 @@ def test_resume_falls_back_to_prev_when_last_is_corrupt(run, store, tmp_path, ca
     shutil.copytree(run, out / "run")
     _flip(out / "run" / "checkpoints" / "last.pt")
     with caplog.at_level(logging.WARNING, logger="eo_jepa"):
-        train(_cfg(out, "max_steps=3"), data=store, resume=True)
+        run_training(_cfg(out, "max_steps=3"), data=store, resume=True)
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "does not record" in warning and "prev.pt (step 1)" in warning
     rows = [json.loads(ln) for ln in (out / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -128,7 +128,7 @@ def test_resume_with_only_safe_changes_logs_them(run, store, tmp_path, caplog):
     out = tmp_path / "runs"
     shutil.copytree(run, out / "run")
     with caplog.at_level(logging.INFO, logger="eo_jepa"):
-        train(_cfg(out, "max_steps=3", "log.every=2"), data=store, resume=True)
+        run_training(_cfg(out, "max_steps=3", "log.every=2"), data=store, resume=True)
     text = caplog.text
     assert "Resuming with max_steps changed from 2 to 3" in text
     assert "Resuming with log.every changed from 1 to 2" in text
@@ -140,7 +140,7 @@ def test_resume_with_a_changed_recipe_lists_every_differing_key(run, store, tmp_
     shutil.copytree(run, out / "run")
     before = (out / "run" / "config.yaml").read_text()
     with pytest.raises(ConfigError) as exc:
-        train(_cfg(out, "max_steps=2", "optim.lr=0.5", "loss.lam=0.1"), data=store, resume=True)
+        run_training(_cfg(out, "max_steps=2", "optim.lr=0.5", "loss.lam=0.1"), data=store, resume=True)
     msg = str(exc.value)
     assert "loss.lam (0.05 -> 0.1), optim.lr (0.001 -> 0.5) differ from the run's saved config" in msg
     assert "start a new run with another name=" in msg and "\n" not in msg

@@ -58,7 +58,9 @@ from eo_jepa.stac import load_static_items
 from eo_jepa.train.config import TrainConfig
 from eo_jepa.train.data import open_source
 from eo_jepa.train.health import health_rows
+from eo_jepa.train.model import build_encoder_for
 from eo_jepa.train.publish import publish
+from eo_jepa.train.trainer import CHECKPOINT_DIR, LAST, METRICS, run_training
 from eo_jepa.utils.io import atomic_open, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -387,13 +389,11 @@ def train_config(preset: Preset, out: Path) -> Any:
 
 
 def _step_pretrain(out: Path, preset: Preset, result: QuickstartResult, say: Say) -> dict[str, Any]:
-    from eo_jepa.train.loop import CHECKPOINT_DIR, LAST, METRICS, train
-
     cfg = train_config(preset, out)
     resume = (cfg.run_dir / CHECKPOINT_DIR / LAST).is_file()  # an interrupted run continues exactly
     if resume:
         say("      resuming the interrupted training run")
-    run_dir = train(cfg, data=result.output("chips", "root"), resume=resume)
+    run_dir = run_training(cfg, data=result.output("chips", "root"), resume=resume)
     rows = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
     first, last = rows[0], rows[-1]
     say(f"      {last['step']} steps: loss {first['loss']:.4f} -> {last['loss']:.4f}")
@@ -504,8 +504,6 @@ def backbone_rank(run_dir: Path) -> dict[str, Any]:
 
 def untrained_encoder(preset: Preset, out: Path, chips: str | Path) -> Any:
     """The encoder exactly as pretraining started: same seed, same construction as the trainer's."""
-    from eo_jepa.train.loop import build_encoder_for
-
     cfg = train_config(preset, out)
     source = open_source(cfg.data, chips)
     torch.manual_seed(cfg.seed)

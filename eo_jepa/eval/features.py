@@ -12,7 +12,6 @@ without a CLS token.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from eo_jepa.errors import BandMismatchError
 from eo_jepa.utils.logging import progress_disabled
+from eo_jepa.utils.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
-    """bfloat16 autocast on ``device`` when ``bf16``; a no-op otherwise."""
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def band_selection(
@@ -214,7 +207,7 @@ def extract_features(
             ragged = raw.shape[-1] % patch or raw.shape[-2] % patch
             size = int(encoder.img_size) if resize or ragged else None
             x = prepare(encoder, raw.to(dev), band_index=band_index, size=size)
-            with autocast(dev, bf16):
+            with autocast(dev, "bf16" if bf16 else "fp32"):
                 feats = _features(encoder, x, kind)
             out.append(feats.float().cpu().numpy())
             bar.update(raw.shape[0])
@@ -274,7 +267,7 @@ def dense_features(
     ):
         chunk = tiles[k : k + batch_size]
         batch = torch.stack([x[:, r : r + window, q : q + window] for r, q in chunk]).to(dev)
-        with autocast(dev, bf16):
+        with autocast(dev, "bf16" if bf16 else "fp32"):
             feats = encoder.forward_features(encoder.normalize(batch)).float().cpu()
         if acc is None:
             acc = torch.zeros(feats.shape[1], H // p, W // p)

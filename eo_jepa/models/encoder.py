@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from eo_jepa.bands import band_info, get_sensor
-from eo_jepa.errors import BandMismatchError, ConfigError, DataError
+from eo_jepa.errors import BandMismatchError, ConfigError, DataError, MissingNormStatsError
 from eo_jepa.models.vit import create_backbone, get_arch
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def clean_norm_stats(stats: Mapping[str, Mapping[str, Any]], bands: Sequence[str
     """``{band: {"mean", "std"}}`` for exactly ``bands`` (extra keys such as p1/p99 dropped)."""
     missing = [b for b in bands if b not in stats]
     if missing:
-        raise ConfigError(
+        raise MissingNormStatsError(
             f"norm_stats has no entry for bands {missing}; give mean/std for every band in {list(bands)} "
             "(e.g. ChipDataset(...).norm_stats)."
         )

@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eo_jepa.errors import ConfigError
+from eo_jepa.errors import ConfigError, MissingNormStatsError
+from eo_jepa.models import build_encoder
 
 
 def gram_matrix(tokens: Tensor) -> Tensor:
@@ -231,14 +232,10 @@ def load_teacher(source: str, student: Any) -> Any:
     keeping its own normalisation when it covers them (the views are mapped to it)."""
     if source == "init":
         return frozen_copy(student)
-    from eo_jepa.models import build_encoder
-
     kwargs = {"img_size": student.img_size, "sensor": student.sensor}
     try:
         teacher = build_encoder(None, student.bands, pretrained=source, **kwargs)
-    except ConfigError as exc:
-        if "norm_stats" not in str(exc):
-            raise
+    except MissingNormStatsError:  # the teacher has no statistics for some of the student's bands
         teacher = build_encoder(
             None, student.bands, pretrained=source, norm_stats=student.norm_stats,
             input_scale=student.input_scale, **kwargs,

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from eo_jepa.errors import EOJepaError
+from eo_jepa.utils.allreduce import sum_over_ranks_grad_unchanged
 
 Impl = Literal["fused", "reference"]
 IMPLS: tuple[str, ...] = ("fused", "reference")
@@ -102,26 +103,6 @@ def world_size() -> int:
     return 1
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum a tensor over ranks; the gradient passes through unchanged.
-
-    Every rank computes the same loss from the same reduced tensor, so the gradient of that
-    (replicated) loss with respect to this rank's contribution is the incoming gradient itself;
-    summing incoming gradients over ranks, as ``torch.distributed.nn.all_reduce`` does, would
-    multiply it by the world size.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        out = x.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        return grad
-
-
 class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, factor: float) -> Tensor:  # type: ignore[override]
@@ -161,9 +142,9 @@ def _reference(x: Tensor, t: Tensor, phi: Tensor, w: Tensor, reduce: bool) -> Te
     sin_sum = torch.sin(xt).sum(dim=1)
     n = torch.tensor(float(x.shape[1]), dtype=x.dtype, device=x.device)
     if reduce:
-        cos_sum = _AllReduceSum.apply(cos_sum)
-        sin_sum = _AllReduceSum.apply(sin_sum)
-        n = _AllReduceSum.apply(n)
+        cos_sum = sum_over_ranks_grad_unchanged(cos_sum)
+        sin_sum = sum_over_ranks_grad_unchanged(sin_sum)
+        n = sum_over_ranks_grad_unchanged(n)
         _check_count(int(n.item()), x.shape)  # the local N was checked by the module
     return _statistic(cos_sum / n, sin_sum / n, n, phi, w)
 

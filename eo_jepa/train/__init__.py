@@ -1,7 +1,7 @@
-"""LeJEPA pretraining: configs, data and views, the training loop, publishing.
+"""LeJEPA pretraining: configs, data and views, the trainer, publishing.
 
->>> from eo_jepa.train import load_train_config, train, publish    # doctest: +SKIP
->>> run = train(load_train_config("configs/train/tiny_cpu.yaml"), data="data/demo_chips")
+>>> from eo_jepa.train import load_train_config, run_training, publish    # doctest: +SKIP
+>>> run = run_training(load_train_config("configs/train/tiny_cpu.yaml"), data="data/demo_chips")
 >>> publish(run, "models/tiny")
 
 Heavy modules (torch, timm) load on first use of an attribute.
@@ -14,8 +14,9 @@ from eo_jepa.utils.lazy import lazy_exports
 _EXPORTS = {
     "TrainConfig": "eo_jepa.train.config",
     "load_train_config": "eo_jepa.train.config",
-    "train": "eo_jepa.train.loop",
-    "LeJEPAModel": "eo_jepa.train.loop",
+    "run_training": "eo_jepa.train.trainer",
+    "Trainer": "eo_jepa.train.trainer",
+    "LeJEPAModel": "eo_jepa.train.model",
     "publish": "eo_jepa.train.publish",
     "MultiCropViews": "eo_jepa.train.views",
     "RasterFolderDataset": "eo_jepa.train.data",

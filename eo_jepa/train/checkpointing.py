@@ -32,12 +32,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from eo_jepa.config import from_dict, to_dict
 from eo_jepa.errors import CheckpointError, ConfigError
+from eo_jepa.train.config import TrainConfig
 from eo_jepa.utils.io import atomic_open, atomic_write_json, sha256_file, tensor_bytes
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_DIR = "checkpoints"  # <run>/checkpoints/{last,prev}.pt, step_NNNNNNN.pt, digests.json
 FORMAT = "eo-jepa-train-state"
 VERSION = 1
 LAST = "last.pt"
@@ -231,9 +235,6 @@ def resume_state(folder: str | Path, requested: dict[str, Any], map_location: An
 
 def _normalised(cfg: dict[str, Any]) -> dict[str, Any]:
     """A saved config with today's defaults filled in (keys added since are then equal), when it parses."""
-    from eo_jepa.config import from_dict, to_dict
-    from eo_jepa.train.config import TrainConfig
-
     with contextlib.suppress(Exception):
         return to_dict(from_dict(TrainConfig, cfg))
     return cfg
@@ -312,3 +313,78 @@ def check_resume_config(
         )
     for key, (old, new) in changes.items():
         log.info("Resuming with %s changed from %r to %r.", key, old, new)
+
+
+# ------------------------------------------------------------------ model and optimiser state (FSDP)
+# A checkpoint always holds full (unsharded) state, so it resumes on any number of ranks under any
+# strategy. Under FSDP, gathering it and loading it are collective: every rank calls these.
+# (torch.distributed.fsdp is imported on first use: it costs a second of start-up to commands that
+# only read checkpoints.)
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    """True when ``model`` is sharded by FSDP2 (``fully_shard``)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - a torch built without torch.distributed
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's full state on CPU (gathered from all ranks under FSDP)."""
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def full_optim_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimiser's full state (keyed by parameter name under FSDP, by position otherwise)."""
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+    return optimizer.state_dict()
+
+
+def load_model_state(model: nn.Module, state: dict[str, Any]) -> None:
+    """Load a full model state (scattered to the shards under FSDP)."""
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+        return
+    model.load_state_dict(state)
+
+
+def load_optim_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a full optimiser state, whichever strategy wrote it (see :func:`optim_state_by_name`)."""
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        state = optim_state_by_name(model, optimizer, state)  # a DDP or 1-process run's state too
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        return
+    optimizer.load_state_dict(state)
+
+
+def optim_state_by_name(model: nn.Module, optimizer: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict keyed by parameter name, as FSDP's ``set_optimizer_state_dict`` takes
+    it; a plain ``optimizer.state_dict()`` (keyed by position, written by a DDP or single-process run)
+    is translated through the optimizer's parameter order, which is the same whatever the wrapping."""
+    if not any(isinstance(k, int) for k in state.get("state", {})) and not any(
+        isinstance(i, int) for g in state.get("param_groups", []) for i in g["params"]
+    ):
+        return state  # already by name
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    names = [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    return {
+        "state": {names[int(i)]: v for i, v in state["state"].items()},
+        "param_groups": [
+            {**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]
+        ],
+    }

@@ -32,11 +32,11 @@ def register(app: typer.Typer) -> None:
         Multi-GPU / multi-node: torchrun --nproc-per-node 8 -m eo_jepa train --config ...
         """
         from eo_jepa.train.config import load_train_config
-        from eo_jepa.train.loop import train
+        from eo_jepa.train.trainer import run_training
 
         extra = [f"time_budget={time_budget}"] if time_budget else []
         cfg = load_train_config(config, [*ctx.args, *extra])
-        run_dir = train(cfg, data=data, resume=resume)
+        run_dir = run_training(cfg, data=data, resume=resume)
         typer.echo(str(run_dir))
 
     @app.command("publish")

@@ -19,6 +19,7 @@ from typing import ClassVar, Literal
 
 from eo_jepa.config import Config, bounded, load_config, name_field, path_field, text_field
 from eo_jepa.errors import ConfigError
+from eo_jepa.train.budget import parse_duration
 
 
 @dataclass
@@ -216,8 +217,6 @@ class TrainConfig(Config):
         if self.epochs < 1 and self.max_steps is None:
             raise ConfigError("epochs=0 needs max_steps: set epochs >= 1 or max_steps.")
         if self.time_budget is not None:
-            from eo_jepa.train.budget import parse_duration
-
             parse_duration(self.time_budget)  # a clear error now rather than after the data is opened
 
 

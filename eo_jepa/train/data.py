@@ -29,8 +29,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from eo_jepa.bands import check_bands
+from eo_jepa.bands import check_bands, match_band
+from eo_jepa.chips.dataset import ChipDataset
 from eo_jepa.errors import BandMismatchError, ConfigError, DataError
+from eo_jepa.eval.datasets import quiet_rasterio, read_image
+from eo_jepa.models.encoder import canonical_bands
 from eo_jepa.train.config import DataConfig, ViewsConfig
 from eo_jepa.train.views import MultiCropViews, new_float_tensor, stack_params
 
@@ -90,16 +93,12 @@ class RasterFolderDataset(Dataset):
                 "data.pattern."
             )
         if not bands:
-            from eo_jepa.eval.datasets import read_image
-
             readable = (*IMAGE_SUFFIXES, ".tif", ".tiff")  # files that may name their bands
             bands = read_image(self.files[0])[1] if self.files[0].suffix.lower() in readable else None
             if not bands:
                 raise ConfigError(
                     "data.bands must list the canonical band names for a raster_folder dataset."
                 )
-        from eo_jepa.models.encoder import canonical_bands
-
         # One band matcher everywhere: "B04", "red" and "R" name the same band here as in eval.
         self.bands = canonical_bands(bands)
         # "3" from a YAML string or an override means band index 3
@@ -202,15 +201,11 @@ class RasterFolderDataset(Dataset):
 
     def _read_image(self, path: Path) -> tuple[list[np.ndarray], float | None]:
         """A JPEG/PNG: red, green, blue (3-4 channels) or one unnamed channel, picked by band_map or name."""
-        from eo_jepa.eval.datasets import read_image
-
         data, names = read_image(path)
         return self._pick(path, data, list(names or [""] * data.shape[0])), None
 
     def _read_geotiff(self, path: Path) -> tuple[list[np.ndarray], float | None]:
         import rioxarray
-
-        from eo_jepa.eval.datasets import quiet_rasterio
 
         with quiet_rasterio(), rioxarray.open_rasterio(path, masked=False, cache=False) as da:
             data = da.values
@@ -225,8 +220,6 @@ class RasterFolderDataset(Dataset):
     def _pick(self, path: Path, data: np.ndarray, descriptions: list[str]) -> list[np.ndarray]:
         """The bands of ``self.bands`` from (C, H, W) ``data``, by band_map index or by name: descriptions
         are matched by :func:`eo_jepa.bands.match_band` (``B04`` and ``red`` are one band)."""
-        from eo_jepa.bands import match_band
-
         names = [match_band(d) or d.lower() for d in descriptions]
         out = []
         for band in self.bands:
@@ -287,8 +280,6 @@ def open_source(cfg: DataConfig, path: str | Path | None = None) -> Any:
     if root is None:
         raise ConfigError("No training data: pass --data DIR or set data.path in the config.")
     if cfg.kind == "chips":
-        from eo_jepa.chips.dataset import ChipDataset
-
         ds = ChipDataset(root, split=cfg.split, bands=cfg.bands)
         if cfg.bands is not None:
             check_bands(ds.bands, cfg.bands, f"chip store {str(root)!r}")

@@ -25,13 +25,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from eo_jepa.errors import ConfigError
+from eo_jepa.utils.allreduce import sum_over_ranks_grad_summed
 
 log = logging.getLogger(__name__)
 
@@ -103,23 +103,6 @@ def wrap(model: nn.Module, env: DistEnv, strategy: str = "ddp") -> nn.Module:
     return DDP(model, device_ids=ids, broadcast_buffers=True)
 
 
-class _AllReduceSumGrad(torch.autograd.Function):
-    """Sum over ranks; the backward sums the incoming gradients over ranks too (each rank's
-    output feeds every rank's loss through the shared statistics)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        out = x.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        out = grad.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
-
-
 class CpuSyncBatchNorm(nn.BatchNorm1d):
     """BatchNorm1d whose batch statistics cover all ranks, for CPU/gloo (``nn.SyncBatchNorm`` is GPU-only).
 
@@ -133,7 +116,7 @@ class CpuSyncBatchNorm(nn.BatchNorm1d):
             self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         ):
             return super().forward(x)
-        all_reduce = _AllReduceSumGrad.apply
+        all_reduce = sum_over_ranks_grad_summed
         n_local = torch.tensor([float(x.shape[0])], dtype=x.dtype, device=x.device)
         summed = all_reduce(torch.cat([x.sum(0), n_local]))
         n = summed[-1]
@@ -166,10 +149,6 @@ def sync_batchnorm(model: nn.Module, env: DistEnv) -> nn.Module:
     return model
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-
-
 def barrier(env: DistEnv) -> None:
     if env.distributed and dist.is_initialized():
         dist.barrier()
@@ -197,21 +176,3 @@ def elastic_resume(ckpt_path: Path) -> bool:
         return False
     log.warning("Restarted by torchrun: resuming from %s.", ckpt_path)
     return True
-
-
-def optim_state_by_name(model: nn.Module, optimizer: Any, state: dict[str, Any]) -> dict[str, Any]:
-    """An optimizer state dict keyed by parameter name, as FSDP's ``set_optimizer_state_dict`` takes
-    it; a plain ``optimizer.state_dict()`` (keyed by position, written by a DDP or single-process run)
-    is translated through the optimizer's parameter order, which is the same whatever the wrapping."""
-    if not any(isinstance(k, int) for k in state.get("state", {})) and not any(
-        isinstance(i, int) for g in state.get("param_groups", []) for i in g["params"]
-    ):
-        return state  # already by name
-    name_of = {id(p): n for n, p in model.named_parameters()}
-    names = [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
-    return {
-        "state": {names[int(i)]: v for i, v in state["state"].items()},
-        "param_groups": [
-            {**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]
-        ],
-    }

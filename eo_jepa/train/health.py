@@ -41,7 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eo_jepa.chips.dataset import ChipDataset
 from eo_jepa.eval.health import rankme, sigreg_standardized
+from eo_jepa.eval.knn import knn_predict
 from eo_jepa.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,6 @@ def center_crop(raw: np.ndarray, size: int) -> torch.Tensor:
 def probe_dataset(cfg: Any, train_source: Any, data: str | Path | None) -> tuple[Any, str]:
     """(dataset, split name) of the probe images: a held-out split of the chip store when there is one."""
     if cfg.data.kind == "chips" and cfg.data.split == "train":
-        from eo_jepa.chips.dataset import ChipDataset
-
         for split in ("val", "test"):
             ds = ChipDataset(data or cfg.data.path, split=split, bands=cfg.data.bands)
             if len(ds):
@@ -77,8 +77,6 @@ def probe_dataset(cfg: Any, train_source: Any, data: str | Path | None) -> tuple
 
 def two_fold_knn(x: np.ndarray, labels: list[Any], k: int = 20) -> float | None:
     """kNN top-1 within a labelled set: even samples as reference for the odd ones and back, averaged."""
-    from eo_jepa.eval.knn import knn_predict
-
     keep = [i for i, lab in enumerate(labels) if lab is not None]
     classes = sorted({labels[i] for i in keep})
     if len(classes) < 2 or len(keep) < 4:
@@ -178,7 +176,7 @@ class HealthMonitor:
         return {k: torch.cat(v).cpu() for k, v in out.items() if v}
 
     def measure(self, model: nn.Module) -> dict[str, float]:
-        """The health figures of ``model`` (a :class:`~eo_jepa.train.loop.LeJEPAModel`) now."""
+        """The health figures of ``model`` (a :class:`~eo_jepa.train.model.LeJEPAModel`) now."""
         feats = self.features(model)
         row: dict[str, float] = {}
         for name, z in feats.items():

@@ -24,11 +24,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from eo_jepa.config import from_dict
+import torch
+
+from eo_jepa.config import from_dict, to_dict
 from eo_jepa.errors import CheckpointError, ConfigError, EOJepaError
-from eo_jepa.train.checkpointing import PREV, load_state
-from eo_jepa.train.config import TrainConfig
-from eo_jepa.train.loop import CHECKPOINT_DIR, LAST, LOSS_CURVE, METRICS, plot_loss_curve
+from eo_jepa.models import build_encoder, save_encoder, save_legacy_pt
+from eo_jepa.train.callbacks import LOSS_CURVE, METRICS, plot_loss_curve
+from eo_jepa.train.checkpointing import CHECKPOINT_DIR, LAST, PREV, load_state
+from eo_jepa.train.config import TrainConfig, load_train_config
 from eo_jepa.utils.io import disk_full_error, is_disk_full
 
 log = logging.getLogger(__name__)
@@ -64,12 +67,6 @@ def resolve_checkpoint(run_dir: str | Path, which: str | int = "last") -> str:
 
 def _initial_encoder(run: Path) -> tuple[Any, TrainConfig, dict[str, Any], dict]:
     """The encoder exactly as the run's training started: same seed and construction as the trainer."""
-    import torch
-
-    from eo_jepa.config import to_dict
-    from eo_jepa.models import build_encoder
-    from eo_jepa.train.config import load_train_config
-
     if not (run / "config.yaml").is_file() or not (run / "data.json").is_file():
         raise CheckpointError(
             f"{str(run)!r} has no config.yaml/data.json; pass the folder of a training run (runs/<name>)."
@@ -97,8 +94,6 @@ def load_run_encoder(
 
     ``checkpoint``: a file in ``checkpoints/`` or ``"init"`` (see :func:`resolve_checkpoint`).
     """
-    from eo_jepa.models import build_encoder
-
     run = Path(run_dir)
     if checkpoint == INIT:
         return _initial_encoder(run)
@@ -225,8 +220,6 @@ def _write_model_folder(
     fmt: str,
     which: str,
 ) -> None:
-    from eo_jepa.models import save_encoder, save_legacy_pt
-
     curve = run / LOSS_CURVE
     if not curve.is_file():
         plot_loss_curve(run)
