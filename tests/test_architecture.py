@@ -49,32 +49,6 @@ ALLOWED: set[str] = {
     # eo_jepa.utils.lazy.lazy_exports, which needs no import statement; checked below.)
 }
 
-# TEMPORARY: function-level imports in packages whose owners are removing them in parallel branches
-# (issue #15: train/ssl, chips/stac/bands, demo, eval). The integrator empties this set after the
-# merge; an entry that matches nothing any more fails the test, so the set can only shrink.
-TEMPORARY_ALLOWED: set[str] = {
-    "eo_jepa.demo.quickstart:_step_pretrain",
-    "eo_jepa.demo.quickstart:untrained_encoder",
-    "eo_jepa.ssl.gram:load_teacher",
-    "eo_jepa.train.checkpointing:_normalised",
-    "eo_jepa.train.config:TrainConfig.validate",
-    "eo_jepa.train.data:RasterFolderDataset.__init__",
-    "eo_jepa.train.data:RasterFolderDataset._read_image",
-    "eo_jepa.train.data:RasterFolderDataset._read_geotiff",
-    "eo_jepa.train.data:RasterFolderDataset._pick",
-    "eo_jepa.train.data:open_source",
-    "eo_jepa.train.health:probe_dataset",
-    "eo_jepa.train.health:two_fold_knn",
-    "eo_jepa.train.loop:LeJEPAModel.forward",
-    "eo_jepa.train.loop:build_encoder_for",
-    "eo_jepa.train.loop:make_loss",
-    "eo_jepa.train.loop:build_model",
-    "eo_jepa.train.loop:plot_loss_curve",
-    "eo_jepa.train.loop:train",
-    "eo_jepa.train.publish:_initial_encoder",
-    "eo_jepa.train.publish:load_run_encoder",
-    "eo_jepa.train.publish:_write_model_folder",
-}
 
 # Modules that must not be imported by `import eo_jepa.cli` (what `eo-jepa --help` runs).
 HEAVY = ("torch", "timm", "rasterio", "geopandas", "dask", "zarr")
@@ -171,15 +145,14 @@ def test_module_level_imports_form_no_cycle():
 
 def test_no_function_level_imports_of_eo_jepa_outside_the_allow_list():
     found = function_imports(modules())
-    hidden = {k: v for k, v in found.items() if k not in ALLOWED | TEMPORARY_ALLOWED}
+    hidden = {k: v for k, v in found.items() if k not in ALLOWED}
     assert not hidden, (
         "Import these at module level (if that makes a cycle, move code so dependencies point one way), "
         "or add them to ALLOWED with a reason: "
         + "; ".join(f"{k} imports {', '.join(sorted(set(v)))}" for k, v in sorted(hidden.items()))
     )
-    stale = sorted((ALLOWED | TEMPORARY_ALLOWED) - set(found))
+    stale = sorted(ALLOWED - set(found))
     assert not stale, f"These allow-list entries import no eo_jepa module any more; delete them: {stale}"
-    assert not ALLOWED & TEMPORARY_ALLOWED
 
 
 # The README's package map, lowest first: a package imports only packages on its own line or above.
