@@ -73,7 +73,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "no local views + backbone SIGReg weight 1 (on the global views only)",
         ["views.num_local=0", "loss.embed_lam=1.0"],
     ),
-    "lb256_embed1": ("lam_batch 256 + backbone SIGReg weight 1", ["loss.lam_batch=256", "loss.embed_lam=1.0"]),
+    "lb256_embed1": (
+        "lam_batch 256 + backbone SIGReg weight 1",
+        ["loss.lam_batch=256", "loss.embed_lam=1.0"],
+    ),
     "lr2e-4": ("lr 2e-4", ["optim.lr=2e-4"]),
     "lr1e-4": ("lr 1e-4", ["optim.lr=1e-4"]),
     "lb256_lr2e-4": ("lam_batch 256 + lr 2e-4", ["loss.lam_batch=256", "optim.lr=2e-4"]),
