@@ -1,15 +1,16 @@
 """Recipe ablation: which LeJEPA setting keeps the backbone embedding's rank (issue #19).
 
-Trains the quickstart's model (ViT-Tiny/8 on the demo scenes' chips) with the quickstart's
-recipe and with one change at a time towards, or away from, the official LeJEPA recipe, a few
-seeds each, and reads the trainer's own health figures (``health.jsonl``, measured on the chip
-store's held-out split: see ``eo_jepa/train/health.py``). Columns: RankMe of the backbone
-embedding at step 0 and at the end (centred), of the projector output (centred), the standardised
-SIGReg statistic of the backbone embedding, within-probe-set kNN top-1, and the last loss. It first
-prints the SIGReg statistic of Gaussian and of low-rank embeddings against the batch size (seconds).
+Trains the quickstart's model (ViT-Tiny/8 on the demo scenes' chips) with the paper's lambda at the
+quickstart's batch (``base``) and with one change at a time, or a named combination, towards or
+away from the official LeJEPA recipe, a few seeds each, and reads the trainer's own health figures
+(``health.jsonl``, measured on the chip store's held-out split: see ``eo_jepa/train/health.py``).
+Columns: RankMe of the backbone embedding at step 0 and at the end (centred), of the projector
+output (centred), the standardised SIGReg statistic of the backbone embedding, within-probe-set kNN
+top-1, the quickstart's 5-shot kNN of the run's untrained and trained encoders, and the last loss.
+It first prints the SIGReg statistic of Gaussian and of low-rank embeddings against the batch size.
 
     python benchmarks/ablate_recipe.py                       # builds the small demo chips in a temp dir
-    python benchmarks/ablate_recipe.py --chips DIR --seeds 0 1 2 --only base lam0.02
+    python benchmarks/ablate_recipe.py --chips DIR --steps 30 --seeds 0 1 --only base lam_batch256 lb256_lr2e-4
 
 Prints a table (mean ± std over seeds) and ends with one JSON line of the figures.
 """
