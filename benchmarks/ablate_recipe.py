@@ -123,6 +123,22 @@ def sigreg_vs_batch(
     return out
 
 
+def invariant_rank(encoder, x) -> float:
+    """Centred RankMe of the embedding averaged over the 8 flips / 90° rotations (D4) of each input.
+
+    The part of the rank the views' flip and rotation augmentations do not ask to remove: an
+    untrained network's rank on the demo chips is mostly orientation (26.4, 9.3 once averaged).
+    """
+    import torch
+
+    from eo_jepa.eval.health import rankme
+
+    with torch.no_grad():
+        views = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
+        views += [torch.flip(v, dims=(3,)) for v in views]
+        return rankme(torch.stack([encoder(v) for v in views]).mean(0), center=True)
+
+
 def build_chips(out: Path, size: str) -> Path:
     from eo_jepa.demo.quickstart import run_quickstart
 
@@ -135,7 +151,7 @@ def run_one(chips: Path, out: Path, name: str, overrides: list[str], seed: int, 
     from eo_jepa.config import to_dict
     from eo_jepa.demo.quickstart import get_preset, knn_compare, train_config
     from eo_jepa.train.config import load_train_config
-    from eo_jepa.train.health import health_rows
+    from eo_jepa.train.health import HealthMonitor, health_rows, probe_dataset
     from eo_jepa.train.loop import METRICS, train
     from eo_jepa.train.publish import load_run_encoder
 
@@ -170,6 +186,11 @@ def run_one(chips: Path, out: Path, name: str, overrides: list[str], seed: int, 
     # learn, and all train chips; the untrained encoder is the run's own starting point
     encoders = {"init": load_run_encoder(run, "init")[0], "last": load_run_encoder(run)[0]}
     knn = knn_compare(encoders, chips, k=10)
+    # the trainer's probe crops (normalised by the encoder; both share its statistics)
+    probe = HealthMonitor(
+        encoders["init"], probe_dataset(cfg, None, chips)[0], size=cfg.views.global_size,
+        samples=cfg.log.health_samples, seed=cfg.seed,
+    ).inputs.float()  # fmt: skip
     return {
         "rank_embed_start": first["rank_embed_c"],
         "rank_embed": last["rank_embed_c"],
@@ -180,6 +201,8 @@ def run_one(chips: Path, out: Path, name: str, overrides: list[str], seed: int, 
         "knn_start": first.get("knn", float("nan")),
         "knn": last.get("knn", float("nan")),
         "loss": rows[-1]["loss"],
+        "rank_invariant_start": invariant_rank(encoders["init"], probe),
+        "rank_invariant": invariant_rank(encoders["last"], probe),
         "knn5_start": knn["init"]["accuracy"],
         "knn5": knn["last"]["accuracy"],
         "knn_all_start": knn["init"]["full_accuracy"],
@@ -221,6 +244,8 @@ def main() -> None:
         ("rank_embed", "bb rank"),
         ("rank_probe", "probe rank"),
         ("rank_proj", "proj rank"),
+        ("rank_invariant_start", "D4 rank@0"),
+        ("rank_invariant", "D4 rank"),
         ("sigreg_embed", "bb SIGReg"),
         ("knn", "kNN"),
         ("knn5_start", "5-shot@0"),
