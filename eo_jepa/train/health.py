@@ -200,7 +200,7 @@ class HealthMonitor:
             log.warning(
                 "The backbone embedding's rank on the probe set fell to %.1f at step %d, below %.0f%% of "
                 "its %.1f at the start: the projector may be hiding a collapse (projector rank %.1f). "
-                "See the README's 'Recipe ablation' section (loss.lam_batch, loss.lam).",
+                "See the README's 'Recipe ablation' section (optim.lr, loss.lam_batch, loss.lam).",
                 rank,
                 step,
                 100 * self.warn_fraction,
