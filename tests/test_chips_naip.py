@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,17 @@ from eo_jepa.config import load_config
 
 REPO_CONFIG = "configs/chips/naip_rgbn_224.yaml"
 
+
+
+def write_item_and_point_aoi(root: Path, item: dict, footprint, properties: dict) -> tuple[Path, Path]:
+    """``items.json`` holding ``item`` and ``aois.geojson`` with one point AOI at the footprint's centre."""
+    items = root / "items.json"
+    items.write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
+    center = footprint.centroid
+    aois = root / "aois.geojson"
+    feature = {"type": "Feature", "properties": properties, "geometry": mapping(Point(center.x, center.y))}
+    aois.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    return items, aois
 
 @pytest.fixture(scope="module")
 def naip(tmp_path_factory):
@@ -44,13 +56,7 @@ def naip(tmp_path_factory):
                              "proj:shape": [size, size], "proj:transform": [res, 0, x0, 0, -res, y0]}},
         "links": [],
     }  # fmt: skip
-    items = root / "items.json"
-    items.write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
-    center = footprint.centroid
-    aois = root / "aois.geojson"
-    aois.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"aoi_id": "p", "label": "urban"}, "geometry": mapping(Point(center.x, center.y))}
-    ]}))  # fmt: skip
+    items, aois = write_item_and_point_aoi(root, item, footprint, {"aoi_id": "p", "label": "urban"})
     return root, items, aois, data
 
 
@@ -100,12 +106,7 @@ def naip_off_grid(tmp_path_factory):
         "assets": {"image": {"href": path.name, "proj:shape": [size, size], "proj:transform": [res, 0, x0, 0, -res, y0]}},
         "links": [],
     }  # fmt: skip
-    items = root / "items.json"
-    items.write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
-    c = footprint.centroid
-    aois = root / "aois.geojson"
-    aois.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"aoi_id": "p"}, "geometry": mapping(Point(c.x, c.y))}]}))  # fmt: skip
+    items, aois = write_item_and_point_aoi(root, item, footprint, {"aoi_id": "p"})  # an unlabelled AOI
     return items, aois, data, (x0, y0, res)
 
 
