@@ -10,7 +10,7 @@ import pytest
 import rasterio
 from affine import Affine
 from pyproj import Transformer
-from shapely.geometry import Point, box, mapping
+from shapely.geometry import Point, Polygon, box, mapping
 
 from eo_jepa.chips import ChipDataset, build_chips
 from eo_jepa.chips.config import ChipConfig
@@ -20,7 +20,21 @@ REPO_CONFIG = "configs/chips/naip_rgbn_224.yaml"
 
 
 
-def write_item_and_point_aoi(root: Path, item: dict, footprint, properties: dict) -> tuple[Path, Path]:
+def write_naip_cog(root: Path, data: np.ndarray, x0: float, y0: float, res: float) -> tuple[Path, Polygon]:
+    """A 4-band uint8 COG in UTM 10N (EPSG:26910) with its top-left corner at (x0, y0), as NAIP ships
+    them, and its footprint in lon/lat."""
+    size = data.shape[-1]
+    path = root / "m_3712213_ne_10_060_20220101.tif"
+    profile = dict(driver="COG", width=size, height=size, count=4, dtype="uint8", crs="EPSG:26910",
+                   transform=Affine(res, 0, x0, 0, -res, y0), blocksize=128)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    to_geo = Transformer.from_crs(26910, 4326, always_xy=True).transform
+    (lon0, lon1), (lat0, lat1) = zip(to_geo(x0, y0), to_geo(x0 + size * res, y0 - size * res), strict=True)
+    return path, box(min(lon0, lon1), min(lat0, lat1), max(lon0, lon1), max(lat0, lat1))
+
+
+def write_item_and_point_aoi(root: Path, item: dict, footprint: Polygon, properties: dict) -> tuple[Path, Path]:
     """``items.json`` holding ``item`` and ``aois.geojson`` with one point AOI at the footprint's centre."""
     items = root / "items.json"
     items.write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
@@ -29,6 +43,7 @@ def write_item_and_point_aoi(root: Path, item: dict, footprint, properties: dict
     feature = {"type": "Feature", "properties": properties, "geometry": mapping(Point(center.x, center.y))}
     aois.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
     return items, aois
+
 
 @pytest.fixture(scope="module")
 def naip(tmp_path_factory):
@@ -39,15 +54,7 @@ def naip(tmp_path_factory):
     data = np.stack([np.clip(40 * i + rng.normal(0, 3, (size, size)), 1, 255) for i in (1, 2, 3, 4)]).astype(
         np.uint8
     )
-    path = root / "m_3712213_ne_10_060_20220101.tif"
-    profile = dict(driver="COG", width=size, height=size, count=4, dtype="uint8", crs="EPSG:26910",
-                   transform=Affine(res, 0, x0, 0, -res, y0), blocksize=128)  # fmt: skip
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    to_geo = Transformer.from_crs(26910, 4326, always_xy=True).transform
-    lon0, lat0 = to_geo(x0, y0)
-    lon1, lat1 = to_geo(x0 + size * res, y0 - size * res)
-    footprint = box(min(lon0, lon1), min(lat0, lat1), max(lon0, lon1), max(lat0, lat1))
+    path, footprint = write_naip_cog(root, data, x0, y0, res)
     item = {
         "type": "Feature", "stac_version": "1.0.0", "id": "naip-test", "collection": "naip",
         "geometry": mapping(footprint), "bbox": list(footprint.bounds),
@@ -91,14 +98,7 @@ def naip_off_grid(tmp_path_factory):
     x0, y0, res, size = 500_040.3, 4_200_000.3, 0.6, 256
     rng = np.random.default_rng(1)
     data = rng.integers(1, 256, (4, size, size), dtype=np.uint8)  # texture: resampling cannot hide
-    path = root / "m_3712213_ne_10_060_20220101.tif"
-    profile = dict(driver="COG", width=size, height=size, count=4, dtype="uint8", crs="EPSG:26910",
-                   transform=Affine(res, 0, x0, 0, -res, y0), blocksize=128)  # fmt: skip
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    to_geo = Transformer.from_crs(26910, 4326, always_xy=True).transform
-    (lon0, lon1), (lat0, lat1) = zip(to_geo(x0, y0), to_geo(x0 + size * res, y0 - size * res), strict=True)
-    footprint = box(min(lon0, lon1), min(lat0, lat1), max(lon0, lon1), max(lat0, lat1))
+    path, footprint = write_naip_cog(root, data, x0, y0, res)
     item = {
         "type": "Feature", "stac_version": "1.0.0", "id": "naip-off-grid", "collection": "naip",
         "geometry": mapping(footprint), "bbox": list(footprint.bounds),
